@@ -1,0 +1,106 @@
+"""`reasondistill` command line: one sub-command per pipeline stage, each driven by a YAML recipe.
+
+Every stage reads `RECIPE.yaml` and accepts `--key value` overrides of any recipe field, as TRL's
+scripts do. Run `reasondistill STAGE --help` for a stage's fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from reasondistill.recipe import RecipeError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEMO_RECIPE = "recipes/demo/teacher.yaml"
+
+STAGES = {
+    "generate": (
+        "Sample chain-of-thought traces from a teacher with vLLM, keep per-token top-k logprobs, "
+        "verify answers and write a Hugging Face trace dataset (Parquet shards + card)."
+    ),
+    "train": (
+        "Distil a student (LoRA/QLoRA or full) on a trace dataset with cross-entropy plus token-level "
+        "KL against the stored top-k teacher distribution; runs under `accelerate launch`."
+    ),
+    "evaluate": (
+        "Score students, teachers and quantized models on GSM8K, MATH-500, AIME 2024 or the demo task "
+        "with verified grading (pass@1 over n samples, maj@k) and write a report with plots."
+    ),
+    "quantize": (
+        "Merge a LoRA adapter, quantize to 4-bit (bitsandbytes NF4, GGUF) and measure size, speed and "
+        "accuracy kept."
+    ),
+    "demo": (
+        "Run the whole pipeline on CPU with models the project builds itself (no model hub): trains "
+        "or reuses the demo teacher on a synthetic arithmetic task and reports its accuracy."
+    ),
+}
+
+# Stages whose issue has not landed yet. They refuse plainly instead of pretending to work.
+NOT_BUILT = {"train", "evaluate", "quantize"}
+
+
+def set_cache_locations(cache_dir: Path) -> None:
+    """Keep vLLM's and TorchInductor's caches under the project's cache directory unless the user
+    already chose where they go (they default to ~/.cache/vllm and /tmp/torchinductor_*)."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", str((cache_dir / "vllm").resolve()))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / "torchinductor").resolve()))
+
+
+def resolve_demo_recipe(path: str) -> Path:
+    """A relative recipe path is looked up in the working directory, then in the source checkout."""
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute():
+        return candidate
+    return REPO_ROOT / path
+
+
+def run_stage(stage: str, recipe: str, overrides: list[str]) -> int:
+    # Imported here so that `--help` and unbuilt stages answer without loading torch.
+    if stage == "demo":
+        from reasondistill.demo import run_demo
+
+        return run_demo(resolve_demo_recipe(recipe), overrides)
+    from reasondistill.generate import run_generate
+
+    return run_generate(Path(recipe), overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reasondistill",
+        description="Distil a large reasoning teacher into a small on-device student.",
+        epilog="Stages: " + "; ".join(f"{name}: {text}" for name, text in STAGES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="stage", metavar="{" + ",".join(STAGES) + "}", required=True)
+    for name, text in STAGES.items():
+        stage = sub.add_parser(name, help=text, description=text)
+        default = DEFAULT_DEMO_RECIPE if name == "demo" else None
+        stage.add_argument("recipe", nargs="?" if default else None, default=default,
+                           help="YAML recipe" + (f" (default: {default})" if default else ""))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = build_parser().parse_known_args(argv)
+    if args.stage in NOT_BUILT:
+        print(f"reasondistill {args.stage}: not built yet. This stage is planned (see the issues list and "
+              f"docs/architecture.md) and does nothing in this version.", file=sys.stderr)
+        return 2
+    set_cache_locations(Path(".cache/reasondistill"))
+    try:
+        return run_stage(args.stage, args.recipe, overrides)
+    except (RecipeError, ValueError) as error:  # bad input: the message names the problem and the fix
+        if os.environ.get("REASONDISTILL_DEBUG"):
+            raise
+        print(f"reasondistill {args.stage}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Shared fixtures: a demo tokenizer and small saved models, built once per test session.
+
+vLLM takes about a minute to start on 2 cores, so tests that need it share one engine.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test"
+# Keep vLLM's and TorchInductor's caches inside the checkout (they default to ~/.cache and /tmp).
+os.environ.setdefault("VLLM_CACHE_ROOT", str(CACHE / "vllm"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE / "torchinductor"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    from reasondistill.demo_models.teacher import render_conversation
+    from reasondistill.demo_models.tokenizer import train_tokenizer
+    from reasondistill.tasks.arithmetic import generate_problems
+
+    problems = generate_problems("train", 2000, [1, 2, 3], seed=0)
+    return train_tokenizer((render_conversation(p) for p in problems), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, demo_tokenizer):
+    """A randomly initialised student-size Qwen2 saved like a hub checkpoint."""
+    from reasondistill.demo_models.factory import build_model
+
+    directory = tmp_path_factory.mktemp("tiny-qwen2")
+    build_model("student", demo_tokenizer, seed=1).save_pretrained(directory)
+    demo_tokenizer.save_pretrained(directory)
+    return directory
+
+
+def engine_config(model_dir, **overrides):
+    from reasondistill.engines import EngineConfig
+
+    settings = dict(teacher=str(model_dir), dtype="float32", max_model_len=512, gpu_memory_utilization=0.2,
+                    logprobs=8, seed=0)
+    return EngineConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir):
+    """One vLLM engine on the tiny model for the whole session (prefix caching off, so it also scores)."""
+    from reasondistill.engines import VllmEngine
+
+    engine = VllmEngine(engine_config(tiny_model_dir), scoring=True)
+    yield engine
+    engine.close()  # before pytest closes the log streams vLLM's shutdown writes to
+
+
+@pytest.fixture(scope="session")
+def hf_engine(tiny_model_dir):
+    from reasondistill.engines import TransformersEngine
+
+    return TransformersEngine(engine_config(tiny_model_dir, backend="transformers"))

@@ -1,0 +1,71 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reasondistill.cli import NOT_BUILT, STAGES, main
+
+SCRIPT = Path(sys.executable).parent / "reasondistill"  # the console script pip installed
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_help_lists_every_stage():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for stage in ("generate", "train", "evaluate", "quantize", "demo"):
+        assert stage in result.stdout
+    assert set(STAGES) == {"generate", "train", "evaluate", "quantize", "demo"}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_each_stage_explains_itself(stage):
+    result = run_cli(stage, "--help")
+    assert result.returncode == 0
+    assert STAGES[stage].split()[0] in result.stdout
+
+
+@pytest.mark.parametrize("stage", sorted(NOT_BUILT))
+def test_unbuilt_stages_refuse_plainly(stage, capsys):
+    assert main([stage, "recipe.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "not built yet" in err and "success" not in err.lower()
+
+
+def test_demo_recipe_errors_name_key_and_file(tmp_path, capsys):
+    recipe = tmp_path / "teacher.yaml"
+    recipe.write_text("steps: 10\nlerning_rate: 0.1\n")
+    assert main(["demo", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "lerning_rate" in err and str(recipe) in err and "learning_rate" in err
+
+    recipe.write_text("steps: ten\n")
+    assert main(["demo", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "steps" in err and "int" in err and str(recipe) in err
+
+
+def test_shipped_demo_recipe_parses():
+    from reasondistill.demo_models.teacher import TeacherConfig
+    from reasondistill.recipe import parse_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "teacher.yaml"
+    (config,) = parse_recipe(recipe, (TeacherConfig,), ["--steps", "7"])
+    assert config.steps == 7 and config.size == "teacher"
+    assert set(yaml.safe_load(recipe.read_text())) <= set(TeacherConfig.__dataclass_fields__)
+
+
+def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"cache_dir": str(tmp_path / "cache"), "size": "student",
+                                      "train_problems": 200, "steps": 10, "batch_tokens": 1024,
+                                      "eval_problems": 4, "eval_every": 10}))
+    result = run_cli("demo", str(recipe), "--seed", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out accuracy" in result.stdout and "parameters" in result.stdout
+    assert "not built yet" in result.stdout  # says plainly where the demo stops
+    assert list((tmp_path / "cache").glob("demo-student-*/model.safetensors"))
