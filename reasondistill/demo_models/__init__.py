@@ -1,0 +1,1 @@
+"""Demo models built from scratch: tokenizer, Qwen2 factory, teacher build."""

@@ -1,0 +1,1 @@
+"""Bundled tasks: datasets the project generates itself."""
