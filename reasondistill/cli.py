@@ -80,8 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in STAGES.items():
         stage = sub.add_parser(name, help=text, description=text)
         default = DEFAULT_DEMO_RECIPE if name == "demo" else None
-        stage.add_argument("recipe", nargs="?" if default else None, default=default,
-                           help="YAML recipe" + (f" (default: {default})" if default else ""))
+        stage.add_argument(
+            "recipe",
+            nargs="?" if default else None,
+            default=default,
+            help="YAML recipe" + (f" (default: {default})" if default else ""),
+        )
     return parser
 
 
@@ -89,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = build_parser().parse_known_args(argv)
     if args.stage in NOT_BUILT:
-        print(f"reasondistill {args.stage}: not built yet. This stage is planned (see the issues list and "
-              f"docs/architecture.md) and does nothing in this version.", file=sys.stderr)
+        print(
+            f"reasondistill {args.stage}: not built yet. This stage is planned (see the issues list and "
+            f"docs/architecture.md) and does nothing in this version.",
+            file=sys.stderr,
+        )
         return 2
     set_cache_locations(Path(".cache/reasondistill"))
     try:

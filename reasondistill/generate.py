@@ -18,8 +18,10 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -37,6 +39,7 @@ from reasondistill.grading import grade
 from reasondistill.prompts import PromptRecord, load_prompts, render_prompt
 from reasondistill.recipe import parse_recipe, save_resolved_recipe
 from reasondistill.traces import (
+    INFO_FILE,
     TraceInfo,
     completed_shards,
     read_info,
@@ -45,7 +48,6 @@ from reasondistill.traces import (
     write_shard,
 )
 
-INFO_FILE = "trace_info.json"
 RECIPE_FILE = "generate_recipe.yaml"
 
 
@@ -65,7 +67,7 @@ def prepare_output_dir(config: GenerateConfig, info: TraceInfo) -> TraceInfo:
     Returns the TraceInfo the shards must carry (an existing dataset keeps its own creation time).
     """
     out = Path(config.output_dir)
-    if (out / INFO_FILE).exists() or any((out / "data").glob("*.parquet")):
+    if (out / INFO_FILE).exists() or any(out.glob("data/*.parquet")):
         existing = read_info(out)
         if existing.recipe_fingerprint == info.recipe_fingerprint:
             existing.check_compatible(info, str(out))
@@ -73,27 +75,36 @@ def prepare_output_dir(config: GenerateConfig, info: TraceInfo) -> TraceInfo:
         if not config.overwrite:
             raise ValueError(
                 f"output_dir {out} holds traces made with other settings (recipe fingerprint "
-                f"{existing.recipe_fingerprint}, this recipe {info.recipe_fingerprint}). Nothing was changed. "
-                "Use a new output_dir, restore the old recipe to resume, or pass --overwrite to delete them.")
+                f"{existing.recipe_fingerprint}, this recipe {info.recipe_fingerprint}). Nothing was "
+                "changed. Use a new output_dir, restore the old recipe to resume, or pass --overwrite to "
+                "delete them."
+            )
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"output_dir {out} is not empty and holds no trace dataset; choose an empty or new "
-                         "directory (nothing was changed)")
+        raise ValueError(
+            f"output_dir {out} is not empty and holds no trace dataset; choose an empty or new "
+            "directory (nothing was changed)"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    (out / INFO_FILE).write_text(info.to_json())
     save_resolved_recipe([config], out / RECIPE_FILE)
+    write_card(out, info)  # trace_info.json, and a card that says INCOMPLETE until the last shard
     return info
 
 
-def filter_completions(config: GenerateConfig, prompt: PromptRecord, completions: list[Completion],
-                       stats: Counter) -> list[tuple[int, Completion, object]]:
+def filter_completions(
+    config: GenerateConfig, prompt: PromptRecord, completions: list[Completion], stats: Counter
+) -> list[tuple[int, Completion, object]]:
     """Grade each completion and keep those the recipe wants; count every decision in `stats`."""
     kept = []
     for index, completion in enumerate(completions):
         stats["generated"] += 1
         verdict = grade(completion.text, prompt.gold_answer, config.answer_type)
         stats[f"graded_{verdict.reason}"] += 1
-        if completion.finish_reason == "length" and config.drop_truncated:
+        if not (
+            np.isfinite(completion.sampled_logprobs).all() and not np.isnan(completion.topk_logprobs).any()
+        ):
+            stats["dropped_nonfinite_logprobs"] += 1  # a numerically broken teacher step; never stored
+        elif completion.finish_reason == "length" and config.drop_truncated:
             stats["dropped_truncated"] += 1
         elif config.keep == "correct" and not verdict.correct:
             stats[f"dropped_{verdict.reason}"] += 1
@@ -107,37 +118,62 @@ def filter_completions(config: GenerateConfig, prompt: PromptRecord, completions
     return kept
 
 
-def run_shard(config: GenerateConfig, engine, tokenizer: PreTrainedTokenizerBase, prompts: list[PromptRecord],
-              progress: tqdm) -> tuple[list[dict], Counter]:
+def run_shard(
+    config: GenerateConfig,
+    engine,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[PromptRecord],
+    on_batch: Callable[[int, int], None] = lambda prompts, tokens: None,
+) -> tuple[list[dict], Counter]:
     """Generate (or score), grade and filter one shard's prompts; return its records and counters."""
-    rendered = [render_prompt(tokenizer, p.question, config.system_prompt, config.instruction,
-                              config.think_prefill) for p in prompts]
+    rendered = [
+        render_prompt(tokenizer, p.question, config.system_prompt, config.instruction, config.think_prefill)
+        for p in prompts
+    ]
     prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
     records, stats = [], Counter()
     for start in range(0, len(prompts), config.batch_prompts):
         batch = slice(start, start + config.batch_prompts)
         if config.mode == "score":
-            outputs = [[as_completion(tokenizer, scored)] for scored in
-                       engine.score(prompt_ids[batch], [completion_ids(tokenizer, p) for p in prompts[batch]])]
+            outputs = [
+                [as_completion(tokenizer, scored)]
+                for scored in engine.score(
+                    prompt_ids[batch], [completion_ids(tokenizer, p) for p in prompts[batch]]
+                )
+            ]
         else:
-            sampling = SamplingConfig(n=config.num_samples, temperature=config.temperature, top_p=config.top_p,
-                                      max_tokens=config.max_tokens)
+            sampling = SamplingConfig(
+                n=config.num_samples,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_tokens=config.max_tokens,
+            )
             seeds = [prompt_seed(config.seed, p.prompt_id) for p in prompts[batch]]
             outputs = engine.sample(prompt_ids[batch], sampling, seeds)
-        for prompt, text, ids, completions in zip(prompts[batch], rendered[batch], prompt_ids[batch], outputs):
+        for prompt, text, ids, completions in zip(
+            prompts[batch], rendered[batch], prompt_ids[batch], outputs, strict=True
+        ):
             for sample_index, completion, verdict in filter_completions(config, prompt, completions, stats):
-                records.append({
-                    "prompt_id": prompt.prompt_id, "sample_index": sample_index, "question": prompt.question,
-                    "prompt": text, "prompt_token_ids": ids, "completion": completion.text,
-                    "completion_token_ids": completion.token_ids, "topk_ids": completion.topk_ids,
-                    "topk_logprobs": completion.topk_logprobs, "sampled_logprob": completion.sampled_logprobs,
-                    "finish_reason": completion.finish_reason, "extracted_answer": verdict.extracted,
-                    "gold_answer": prompt.gold_answer, "correct": verdict.correct,
-                })
+                records.append(
+                    {
+                        "prompt_id": prompt.prompt_id,
+                        "sample_index": sample_index,
+                        "question": prompt.question,
+                        "prompt": text,
+                        "prompt_token_ids": ids,
+                        "completion": completion.text,
+                        "completion_token_ids": completion.token_ids,
+                        "topk_ids": completion.topk_ids,
+                        "topk_logprobs": completion.topk_logprobs,
+                        "sampled_logprob": completion.sampled_logprobs,
+                        "finish_reason": completion.finish_reason,
+                        "extracted_answer": verdict.extracted,
+                        "gold_answer": prompt.gold_answer,
+                        "correct": verdict.correct,
+                    }
+                )
             stats["completion_tokens"] += sum(len(c.token_ids) for c in completions)
-        progress.tokens += sum(len(c.token_ids) for cs in outputs for c in cs)
-        progress.update(len(prompts[batch]))
-        progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}")
+        on_batch(len(prompts[batch]), sum(len(c.token_ids) for cs in outputs for c in cs))
     return records, stats
 
 
@@ -149,8 +185,14 @@ def completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: PromptRecord) -> 
 
 def as_completion(tokenizer: PreTrainedTokenizerBase, scored: TokenLogprobs) -> Completion:
     text = tokenizer.decode(scored.token_ids, skip_special_tokens=True)
-    return Completion(scored.token_ids, scored.sampled_logprobs, scored.topk_ids, scored.topk_logprobs,
-                      text=text, finish_reason="stop")
+    return Completion(
+        scored.token_ids,
+        scored.sampled_logprobs,
+        scored.topk_ids,
+        scored.topk_logprobs,
+        text=text,
+        finish_reason="stop",
+    )
 
 
 def teacher_vocab_size(config: GenerateConfig, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -159,33 +201,55 @@ def teacher_vocab_size(config: GenerateConfig, tokenizer: PreTrainedTokenizerBas
     vocab_size = getattr(model_config, "vocab_size", None) or model_config.get_text_config().vocab_size
     largest_id = max(tokenizer.get_vocab().values())
     if largest_id >= vocab_size:
-        raise ValueError(f"tokenizer {config.tokenizer or config.teacher} has token ids up to {largest_id}, but "
-                         f"teacher {config.teacher} has only {vocab_size} logits: they do not belong together. "
-                         "Set tokenizer to the teacher's own tokenizer (or leave it unset).")
+        raise ValueError(
+            f"tokenizer {config.tokenizer or config.teacher} has token ids up to {largest_id}, but "
+            f"teacher {config.teacher} has only {vocab_size} logits: they do not belong together. "
+            "Set tokenizer to the teacher's own tokenizer (or leave it unset)."
+        )
     if config.logprobs > vocab_size:
         raise ValueError(f"logprobs (k) = {config.logprobs} exceeds the teacher's vocabulary of {vocab_size}")
     return vocab_size
 
 
-def generate(config: GenerateConfig, engine: VllmEngine | TransformersEngine | None = None, log=print) -> Path:
+def generate(
+    config: GenerateConfig, engine: VllmEngine | TransformersEngine | None = None, log=print
+) -> Path:
     """Fill this worker's missing shards of `config.output_dir`; write the card once all exist.
 
     `engine` reuses an already loaded teacher (it must match the config); by default one is loaded.
     """
     # 1. prompts and tokenizer
-    prompts = load_prompts(config.prompts, split=config.prompt_split, subset=config.prompt_subset,
-                           limit=config.num_prompts,
-                           question_field=config.question_field, answer_field=config.answer_field,
-                           id_field=config.id_field, completion_field=config.completion_field,
-                           answer_format=config.answer_format, task_levels=tuple(config.task_levels),
-                           seed=config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.teacher, revision=config.teacher_revision)
+    prompts = load_prompts(
+        config.prompts,
+        split=config.prompt_split,
+        subset=config.prompt_subset,
+        limit=config.num_prompts,
+        question_field=config.question_field,
+        answer_field=config.answer_field,
+        id_field=config.id_field,
+        completion_field=config.completion_field,
+        answer_format=config.answer_format,
+        task_levels=tuple(config.task_levels),
+        seed=config.seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        config.tokenizer or config.teacher, revision=config.teacher_revision
+    )
     vocab_size = teacher_vocab_size(config, tokenizer)
     info = TraceInfo(
-        teacher=config.teacher, teacher_revision=config.teacher_revision, tokenizer=config.tokenizer or config.teacher,
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer.get_vocab()), vocab_size=vocab_size,
-        k=config.logprobs, temperature=config.temperature, top_p=config.top_p, logprobs_mode=LOGPROBS_MODE,
-        seed=config.seed, backend=engine_version(config.backend), recipe_fingerprint=config.fingerprint())
+        teacher=config.teacher,
+        teacher_revision=config.teacher_revision,
+        tokenizer=config.tokenizer or config.teacher,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer.get_vocab()),
+        vocab_size=vocab_size,
+        k=config.logprobs,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        logprobs_mode=LOGPROBS_MODE,
+        seed=config.seed,
+        backend=engine_version(config.backend),
+        recipe_fingerprint=config.fingerprint(),
+    )
 
     # 2. output directory: resume, refuse or start
     out = Path(config.output_dir)
@@ -193,8 +257,10 @@ def generate(config: GenerateConfig, engine: VllmEngine | TransformersEngine | N
     num_shards = math.ceil(len(prompts) / config.shard_size)
     done = completed_shards(out, num_shards, info)
     mine = [i for i in range(num_shards) if i % config.num_workers == config.worker_index and i not in done]
-    log(f"{len(prompts)} prompts in {num_shards} shards: {len(done)} done, {len(mine)} for this worker "
-        f"({config.worker_index + 1}/{config.num_workers})")
+    log(
+        f"{len(prompts)} prompts in {num_shards} shards: {len(done)} done, {len(mine)} for this worker "
+        f"({config.worker_index + 1}/{config.num_workers})"
+    )
 
     # 3. engine and shards
     if mine:
@@ -204,10 +270,19 @@ def generate(config: GenerateConfig, engine: VllmEngine | TransformersEngine | N
         total = sum(len(prompts[i * config.shard_size : (i + 1) * config.shard_size]) for i in mine)
         try:
             with tqdm(total=total, desc="prompts", unit="prompt", file=sys.stderr) as progress:
-                progress.tokens = 0  # completion tokens so far, for the tokens/s readout
+                tokens = 0
+
+                def show(prompts_done: int, new_tokens: int) -> None:
+                    nonlocal tokens
+                    tokens += new_tokens
+                    progress.update(prompts_done)
+                    progress.set_postfix(
+                        tokens_per_s=f"{tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}"
+                    )
+
                 for shard in mine:
                     chunk = prompts[shard * config.shard_size : (shard + 1) * config.shard_size]
-                    records, stats = run_shard(config, engine, tokenizer, chunk, progress)
+                    records, stats = run_shard(config, engine, tokenizer, chunk, show)
                     write_shard(out, shard, num_shards, records, info, dict(stats))
         finally:
             if own_engine:

@@ -38,14 +38,18 @@ def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
         # A hub dataset id (e.g. openai/gsm8k with subset main): for machines that reach the hub.
         return list(datasets.load_dataset(source, subset, split=split))
     if not path.exists():
-        raise ValueError(f"prompt source {source!r} does not exist; give a .jsonl/.parquet file, a Hugging Face "
-                         f"dataset directory or hub id, or {TASK_PREFIX}arithmetic")
+        raise ValueError(
+            f"prompt source {source!r} does not exist; give a .jsonl/.parquet file, a Hugging Face "
+            f"dataset directory or hub id, or {TASK_PREFIX}arithmetic"
+        )
     if path.is_file():
         if path.stat().st_size == 0:
             return []
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
-            raise ValueError(f"prompt file {source!r}: unsupported extension {path.suffix!r} (use .jsonl or .parquet)")
+            raise ValueError(
+                f"prompt file {source!r}: unsupported extension {path.suffix!r} (use .jsonl or .parquet)"
+            )
         return list(datasets.load_dataset(kind, data_files=str(path), split="train"))
     if (path / "dataset_info.json").exists() or (path / "state.json").exists():
         loaded = datasets.load_from_disk(str(path))
@@ -53,15 +57,27 @@ def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
         loaded = datasets.load_dataset(str(path))
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise ValueError(f"dataset {source!r} has splits {sorted(loaded)}, not {split!r}; set prompt_split")
+            raise ValueError(
+                f"dataset {source!r} has splits {sorted(loaded)}, not {split!r}; set prompt_split"
+            )
         loaded = loaded[split]
     return list(loaded)
 
 
-def load_prompts(source: str, *, split: str = "train", subset: str | None = None, limit: int | None = None, question_field: str = "question",
-                 answer_field: str = "answer", id_field: str | None = None, completion_field: str | None = None,
-                 answer_format: Literal["plain", "gsm8k"] = "plain", task_levels: tuple[int, ...] = (1, 2, 3),
-                 seed: int = 0) -> list[PromptRecord]:
+def load_prompts(
+    source: str,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    limit: int | None = None,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    id_field: str | None = None,
+    completion_field: str | None = None,
+    answer_format: Literal["plain", "gsm8k"] = "plain",
+    task_levels: tuple[int, ...] = (1, 2, 3),
+    seed: int = 0,
+) -> list[PromptRecord]:
     """Read a prompt set; refuse it with a message naming the field and the fix if it is unusable.
 
     `source` is task:arithmetic, a .jsonl/.parquet file, a dataset directory, or a hub id (`subset`
@@ -80,25 +96,36 @@ def load_prompts(source: str, *, split: str = "train", subset: str | None = None
     for index, row in enumerate(rows):
         missing = [f for f in needed if f not in row or row[f] is None]
         if missing:
-            raise ValueError(f"prompt source {source!r}, row {index}: missing field(s) {missing}; the rows have "
-                             f"{sorted(row)}. Set question_field/answer_field/id_field to the right names.")
+            raise ValueError(
+                f"prompt source {source!r}, row {index}: missing field(s) {missing}; the rows have "
+                f"{sorted(row)}. Set question_field/answer_field/id_field to the right names."
+            )
     records = []
     for index, row in enumerate(rows):
         answer = str(row[answer_field])
-        records.append(PromptRecord(
-            prompt_id=str(row[id_field]) if id_field else f"row-{index}",
-            question=str(row[question_field]),
-            gold_answer=gsm8k_gold(answer) if answer_format == "gsm8k" else answer,
-            completion=str(row[completion_field]) if completion_field else None,
-        ))
+        records.append(
+            PromptRecord(
+                prompt_id=str(row[id_field]) if id_field else f"row-{index}",
+                question=str(row[question_field]),
+                gold_answer=gsm8k_gold(answer) if answer_format == "gsm8k" else answer,
+                completion=str(row[completion_field]) if completion_field else None,
+            )
+        )
     ids = [r.prompt_id for r in records]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"prompt source {source!r}: id_field {id_field!r} has duplicate values; ids must be unique")
+        raise ValueError(
+            f"prompt source {source!r}: id_field {id_field!r} has duplicate values; ids must be unique"
+        )
     return records
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, question: str, system_prompt: str | None,
-                  instruction: str | None, think_prefill: bool) -> str:
+def render_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    system_prompt: str | None,
+    instruction: str | None,
+    think_prefill: bool,
+) -> str:
     """Chat-template text for one question, ending where the teacher starts writing.
 
     `instruction` is appended to the question (R1-style teachers want the boxed-answer request in

@@ -113,14 +113,17 @@ class TraceInfo:
             data = json.loads(text)
         except ValueError as e:
             raise TraceFormatError(f"{where}: trace metadata is not valid JSON ({e})") from e
-        names = {f.name for f in fields(cls)}
-        if bad := sorted(names ^ data.keys()):
-            raise TraceFormatError(f"{where}: trace metadata lacks or has unknown field(s) {bad}")
-        if str(data["schema_version"]).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        version = str(data.get("schema_version") if isinstance(data, dict) else None)
+        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise TraceFormatError(
-                f"{where}: written with trace schema {data['schema_version']} but this reasondistill reads "
+                f"{where}: written with trace schema {version} but this reasondistill reads "
                 f"{SCHEMA_VERSION}: use a matching reasondistill version or regenerate the traces"
             )
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(data.keys() - names) if version == SCHEMA_VERSION else []  # newer minors may add
+        if bad := sorted(names - data.keys()) + unknown:
+            raise TraceFormatError(f"{where}: trace metadata lacks or has unknown field(s) {bad}")
+        data = {name: data[name] for name in names}
         try:
             return cls(**data)
         except (TypeError, ValueError) as e:
@@ -164,12 +167,16 @@ def decode_logprobs(codes: np.ndarray) -> np.ndarray:
     return np.where(masked, -np.inf, -cumulative / LOGPROB_SCALE).astype(np.float32)
 
 
-def _list_array(arrays: list[np.ndarray], dtype: pa.DataType, k: int | None = None) -> pa.Array:
-    """list<dtype> (k None) or list<fixed_size_list<dtype, k>> of flat per-record numpy arrays."""
-    values = pa.array(np.concatenate(arrays) if arrays else np.zeros(0), dtype)
-    values = values if k is None else pa.FixedSizeListArray.from_arrays(values, k)
-    offsets = np.concatenate([[0], np.cumsum([len(a) // (k or 1) for a in arrays])]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
+def _column(values: list, dtype: pa.DataType) -> pa.Array:
+    """A column of trace_schema from per-record values (flat numpy arrays for the list columns)."""
+    if not pa.types.is_list(dtype):
+        return pa.array(values, dtype)
+    item = dtype.value_type  # int32/float32, or fixed_size_list<.., k> for the [T, k] columns
+    k = item.list_size if pa.types.is_fixed_size_list(item) else None
+    flat = pa.array(np.concatenate(values) if values else [], item if k is None else item.value_type)
+    items = flat if k is None else pa.FixedSizeListArray.from_arrays(flat, k)
+    offsets = np.concatenate([[0], np.cumsum([len(v) // (k or 1) for v in values])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), items)
 
 
 def _check_record(record: Mapping, where: str, k: int, vocab_size: int) -> dict[str, np.ndarray]:
@@ -178,10 +185,14 @@ def _check_record(record: Mapping, where: str, k: int, vocab_size: int) -> dict[
         raise TraceFormatError(f"{where}: missing or unknown field(s) {bad}; the fields are {RECORD_FIELDS}")
     tokens = np.asarray(record["completion_token_ids"], dtype=np.int64).reshape(-1)
     ids, lps = np.asarray(record["topk_ids"]), np.asarray(record["topk_logprobs"], dtype=np.float32)
+    ids, lps = (a.reshape(0, k) if a.size == 0 else a for a in (ids, lps))  # T = 0 as a plain []
     sampled = np.asarray(record["sampled_logprob"], dtype=np.float32).reshape(-1)
+    if not np.issubdtype(ids.dtype, np.integer) and ids.size:
+        raise TraceFormatError(f"{where}: field 'topk_ids' must hold integers, not {ids.dtype}")
     for name, arr in (("topk_ids", ids), ("topk_logprobs", lps), ("sampled_logprob", sampled[:, None])):
         if arr.ndim != 2 or arr.shape[1] != (1 if name == "sampled_logprob" else k):
-            raise TraceFormatError(f"{where}: field {name!r} has shape {arr.shape}, expected [T, k={k}]")
+            shape = "[T]" if name == "sampled_logprob" else f"[T, k={k}]"
+            raise TraceFormatError(f"{where}: field {name!r} has shape {arr.shape}, expected {shape}")
         if arr.shape[0] != len(tokens):
             raise TraceFormatError(
                 f"{where}: field {name!r} has {arr.shape[0]} tokens, 'completion_token_ids' {len(tokens)}"
@@ -204,6 +215,10 @@ def _check_record(record: Mapping, where: str, k: int, vocab_size: int) -> dict[
             raise TraceFormatError(f"{where}: field {name!r} has ids outside [0, vocab_size={vocab_size})")
     if (np.diff(np.sort(np.where(masked, -1 - np.arange(k), ids), axis=1), axis=1) == 0).any():
         raise TraceFormatError(f"{where}: field 'topk_ids' repeats an id within one token")
+    if isinstance(record["sample_index"], bool) or not isinstance(record["sample_index"], int | np.integer):
+        raise TraceFormatError(f"{where}: field 'sample_index' must be an integer")
+    if not isinstance(record["correct"], bool | np.bool_):
+        raise TraceFormatError(f"{where}: field 'correct' must be a bool")
     if record["finish_reason"] not in FINISH_REASONS:
         raise TraceFormatError(f"{where}: field 'finish_reason' must be one of {FINISH_REASONS}")
     for name in ("prompt_id", "question", "prompt", "completion", "gold_answer", "extracted_answer"):
@@ -235,14 +250,7 @@ def build_table(records: Sequence[Mapping], k: int, vocab_size: int) -> pa.Table
         seen.add(key)
         for name in schema.names:
             arrays[name].append(checked[name] if name in checked else record[name])
-    columns = {}
-    for name in schema.names:
-        if name in ("topk_ids", "topk_logprob_codes"):
-            columns[name] = _list_array(arrays[name], schema.field(name).type.value_type.value_type, k)
-        elif pa.types.is_list(schema.field(name).type):
-            columns[name] = _list_array(arrays[name], schema.field(name).type.value_type)
-        else:
-            columns[name] = pa.array(arrays[name], schema.field(name).type)
+    columns = [_column(arrays[f.name], f.type) for f in schema]
     return pa.table(columns, schema=schema)
 
 
@@ -416,14 +424,14 @@ def read_shard(path: str | Path) -> pa.Table:
             raise TraceFormatError(f"{path}: missing field {f.name!r}; {REDO}")
         if table.schema.field(f.name).type != f.type:
             raise TraceFormatError(
-                f"{path}: field {f.name!r} is {table.schema.field(f.name).type}, not {f.type}"
+                f"{path}: field {f.name!r} is {table.schema.field(f.name).type}, not {f.type}; {REDO}"
             )
         if f.name != "extracted_answer" and table[f.name].null_count:
             raise TraceFormatError(f"{path}: field {f.name!r} has nulls; {REDO}")
     lengths = pc.list_value_length(table["completion_token_ids"])
     for name in ("topk_ids", "topk_logprob_codes", "sampled_logprob"):
         if pc.any(pc.not_equal(pc.list_value_length(table[name]), lengths)).as_py():
-            raise TraceFormatError(f"{path}: fields {name!r} and 'completion_token_ids' differ in length")
+            raise TraceFormatError(f"{path}: {name!r} and 'completion_token_ids' differ in length; {REDO}")
     flat = {
         name: pc.list_flatten(table[name]).to_numpy() for name in ("prompt_token_ids", "completion_token_ids")
     }
@@ -488,30 +496,33 @@ def bytes_per_token(source: str | Path, columns: Sequence[str] | None = None) ->
     return total_bytes / max(tokens, 1)
 
 
+def trace_totals(out_dir: str | Path, info: TraceInfo | None = None) -> dict[str, float]:
+    """Totals over the published shards: records, completion tokens, correct, every generator counter
+    as `stats.<name>`, and on-disk bytes per completion token (all columns, and top-k columns only)."""
+    found, _ = _shards(out_dir)
+    totals: dict[str, float] = {"records": 0, "completion_tokens": 0, "correct": 0}
+    for path in found.values():
+        shard_info, shard, _ = _footer(path)
+        if info is not None:
+            info.check_compatible(shard_info, str(path))
+        for key in ("records", "completion_tokens", "correct"):
+            totals[key] += shard[key]
+        for key, value in shard["stats"].items():
+            totals[f"stats.{key}"] = totals.get(f"stats.{key}", 0) + value
+    if found:
+        totals["bytes_per_completion_token"] = round(bytes_per_token(out_dir), 1)
+        totals["topk_bytes_per_completion_token"] = round(bytes_per_token(out_dir, TOPK_COLUMNS), 1)
+    return totals
+
+
 def write_card(out_dir: str | Path, info: TraceInfo) -> None:
     """Write trace_info.json and README.md (YAML `configs:` header, metadata, totals), atomically each."""
     out_dir = Path(out_dir)
     found, count = _shards(out_dir)
-    totals: dict[str, int] = {"records": 0, "completion_tokens": 0, "correct": 0}
-    for path in found.values():
-        shard_info, shard, _ = _footer(path)
-        info.check_compatible(shard_info, str(path))
-        for key, value in [
-            *((key, shard[key]) for key in ("records", "completion_tokens", "correct")),
-            *((f"stats.{key}", value) for key, value in shard["stats"].items()),
-        ]:
-            totals[key] = totals.get(key, 0) + value
-    if found:
-        totals["bytes_per_completion_token"] = round(bytes_per_token(out_dir), 1)
-        totals["topk_bytes_per_completion_token"] = round(bytes_per_token(out_dir, TOPK_COLUMNS), 1)
-    state = (
-        f"complete, {count} shards"
-        if found and len(found) == count
-        else (
-            f"INCOMPLETE: {len(found)} of {count or '?'} shards; load_traces() refuses it until "
-            "`reasondistill generate` has written the missing ones"
-        )
-    )
+    totals = trace_totals(out_dir, info)
+    state = f"complete, {count} shards"
+    if not found or len(found) < count:
+        state = f"INCOMPLETE: {len(found)} of {count or '?'} shards; load_traces() refuses it for now"
     rows = "\n".join(f"| {key} | {value} |" for key, value in [*asdict(info).items(), *totals.items()])
     card = f"""---
 configs:

@@ -39,8 +39,14 @@ def tiny_model_dir(tmp_path_factory, demo_tokenizer):
 def engine_config(model_dir, **overrides):
     from reasondistill.engines import EngineConfig
 
-    settings = dict(teacher=str(model_dir), dtype="float32", max_model_len=512, gpu_memory_utilization=0.2,
-                    logprobs=8, seed=0)
+    settings = dict(
+        teacher=str(model_dir),
+        dtype="float32",
+        max_model_len=512,
+        gpu_memory_utilization=0.2,
+        logprobs=8,
+        seed=0,
+    )
     return EngineConfig(**{**settings, **overrides})
 
 

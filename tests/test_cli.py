@@ -59,13 +59,47 @@ def test_shipped_demo_recipe_parses():
     assert set(yaml.safe_load(recipe.read_text())) <= set(TeacherConfig.__dataclass_fields__)
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({"cache_dir": str(tmp_path / "cache"), "size": "student",
-                                      "train_problems": 200, "steps": 10, "batch_tokens": 1024,
-                                      "eval_problems": 4, "eval_every": 10}))
+    """`reasondistill demo` with tiny recipes: teacher build, then vLLM traces from it."""
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/demo/generate.yaml").read_text())
+    recipe = tmp_path / "teacher.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "cache_dir": str(tmp_path / "cache"),
+                "size": "student",
+                "train_problems": 200,
+                "steps": 10,
+                "batch_tokens": 1024,
+                "eval_problems": 4,
+                "eval_every": 10,
+            }
+        )
+    )
+    (tmp_path / "generate.yaml").write_text(
+        yaml.safe_dump({**shipped, "num_prompts": 6, "max_tokens": 30, "keep": "all", "shard_size": 3})
+    )
     result = run_cli("demo", str(recipe), "--seed", "3", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out accuracy" in result.stdout and "parameters" in result.stdout
+    assert "traces kept of 12 sampled" in result.stdout
     assert "not built yet" in result.stdout  # says plainly where the demo stops
-    assert list((tmp_path / "cache").glob("demo-student-*/model.safetensors"))
+    teacher_dir = next((tmp_path / "cache").glob("demo-student-*"))
+    assert (teacher_dir / "model.safetensors").exists()
+    traces = tmp_path / shipped["output_dir"] / teacher_dir.name
+    assert (traces / "README.md").exists() and len(list(traces.glob("data/*.parquet"))) == 2
+
+
+@pytest.mark.parametrize(
+    "recipe", ["recipes/demo/generate.yaml", "recipes/DeepSeek-R1-Distill-Qwen-7B/generate/config_gsm8k.yaml"]
+)
+def test_shipped_generate_recipes_parse(recipe):
+    from reasondistill.generate_config import GenerateConfig
+    from reasondistill.recipe import parse_recipe
+
+    path = Path(__file__).resolve().parents[1] / recipe
+    (config,) = parse_recipe(
+        path, (GenerateConfig,), ["--teacher", "some/teacher"] if "demo" in recipe else []
+    )
+    assert config.logprobs == 20 and config.keep == "correct"

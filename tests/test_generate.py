@@ -29,10 +29,26 @@ STORED_ATOL = 0.5 / 1024 + LOGPROB_ATOL
 
 
 def generate_config(model_dir, out, **overrides) -> GenerateConfig:
-    settings = dict(teacher=str(model_dir), dtype="float32", max_model_len=512, gpu_memory_utilization=0.2,
-                    logprobs=8, prompts="task:arithmetic", num_prompts=6, instruction=None, num_samples=2,
-                    temperature=1.0, top_p=1.0, max_tokens=24, answer_type="number", keep="all",
-                    drop_truncated=False, output_dir=str(out), shard_size=4, batch_prompts=4)
+    settings = dict(
+        teacher=str(model_dir),
+        dtype="float32",
+        max_model_len=512,
+        gpu_memory_utilization=0.2,
+        logprobs=8,
+        prompts="task:arithmetic",
+        num_prompts=6,
+        instruction=None,
+        num_samples=2,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=24,
+        answer_type="number",
+        keep="all",
+        drop_truncated=False,
+        output_dir=str(out),
+        shard_size=4,
+        batch_prompts=4,
+    )
     return GenerateConfig(**{**settings, **overrides})
 
 
@@ -70,7 +86,8 @@ def test_dataset_schema_and_every_token_has_k_entries(traces):
         assert record["finish_reason"] in ("stop", "length")
         assert record["gold_answer"].isdigit() and record["prompt"].endswith("<|im_start|>assistant\n")
     assert sorted({(r["prompt_id"], r["sample_index"]) for r in dataset}) == sorted(
-        (r["prompt_id"], r["sample_index"]) for r in dataset)
+        (r["prompt_id"], r["sample_index"]) for r in dataset
+    )
 
 
 def test_stored_logprobs_match_a_transformers_forward_pass(traces, tiny_model_dir):
@@ -78,7 +95,9 @@ def test_stored_logprobs_match_a_transformers_forward_pass(traces, tiny_model_di
     dataset = load_traces(out)
     for row in (0, 5):
         record = dataset[row]
-        reference = forward_logprobs(tiny_model_dir, record["prompt_token_ids"], record["completion_token_ids"])
+        reference = forward_logprobs(
+            tiny_model_dir, record["prompt_token_ids"], record["completion_token_ids"]
+        )
         tokens = torch.tensor(record["completion_token_ids"])
         sampled = reference.gather(1, tokens[:, None])[:, 0]
         np.testing.assert_allclose(record["sampled_logprob"], sampled.numpy(), atol=LOGPROB_ATOL)
@@ -94,10 +113,12 @@ def test_vllm_and_transformers_agree_on_top_k(vllm_engine, hf_engine, tiny_model
     sampled = [c[0] for c in vllm_engine.sample(prompts, sampling, seeds=[0, 1])]
     completions = [c.token_ids.tolist() for c in sampled]
     for engine_out in (vllm_engine.score(prompts, completions), hf_engine.score(prompts, completions)):
-        for from_sampling, scored in zip(sampled, engine_out):
+        for from_sampling, scored in zip(sampled, engine_out, strict=True):
             np.testing.assert_array_equal(scored.token_ids, from_sampling.token_ids)
             np.testing.assert_allclose(scored.topk_logprobs, from_sampling.topk_logprobs, atol=LOGPROB_ATOL)
-            np.testing.assert_allclose(scored.sampled_logprobs, from_sampling.sampled_logprobs, atol=LOGPROB_ATOL)
+            np.testing.assert_allclose(
+                scored.sampled_logprobs, from_sampling.sampled_logprobs, atol=LOGPROB_ATOL
+            )
             # Same sets wherever the k-th and (k+1)-th values are not a near tie.
             for position in range(len(scored.token_ids)):
                 assert set(scored.topk_ids[position]) == set(from_sampling.topk_ids[position])
@@ -115,14 +136,29 @@ def test_transformers_backend_writes_the_same_schema(tmp_path, hf_engine, tiny_m
 
 
 def test_scoring_mode_scores_existing_completions(tmp_path, vllm_engine, tiny_model_dir):
-    rows = [{"question": "Mia has 3 coins. How many coins does Mia have now?", "answer": "3",
-             "completion": "<think>\nStep 1\n</think>\n\nThe answer is \\boxed{3}."},
-            {"question": "Leo has 5 cards. He loses 2 cards. How many cards does Leo have now?", "answer": "3",
-             "completion": "The answer is \\boxed{4}."}]
+    rows = [
+        {
+            "question": "Mia has 3 coins. How many coins does Mia have now?",
+            "answer": "3",
+            "completion": "<think>\nStep 1\n</think>\n\nThe answer is \\boxed{3}.",
+        },
+        {
+            "question": "Leo has 5 cards. He loses 2 cards. How many cards does Leo have now?",
+            "answer": "3",
+            "completion": "The answer is \\boxed{4}.",
+        },
+    ]
     source = tmp_path / "given.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = generate_config(tiny_model_dir, tmp_path / "scored", prompts=str(source), num_prompts=None,
-                             mode="score", completion_field="completion", keep="correct")
+    config = generate_config(
+        tiny_model_dir,
+        tmp_path / "scored",
+        prompts=str(source),
+        num_prompts=None,
+        mode="score",
+        completion_field="completion",
+        keep="correct",
+    )
     generate(config, engine=vllm_engine, log=lambda *_: None)
     dataset = load_traces(tmp_path / "scored")
     assert len(dataset) == 1 and dataset[0]["correct"] and dataset[0]["extracted_answer"] == "3"
@@ -170,12 +206,15 @@ def test_sigkill_mid_run_then_restart_gives_every_record_once(tmp_path, tiny_mod
     recipe.write_text(
         f"teacher: {tiny_model_dir}\ndtype: float32\nmax_model_len: 512\ngpu_memory_utilization: 0.2\n"
         f"logprobs: 4\nprompts: task:arithmetic\nnum_prompts: 40\ninstruction: null\nnum_samples: 2\n"
-        f"temperature: 1.0\ntop_p: 1.0\nmax_tokens: 16\nanswer_type: number\nkeep: all\ndrop_truncated: false\n"
-        f"output_dir: {out}\nshard_size: 2\nbatch_prompts: 2\n")
+        f"temperature: 1.0\ntop_p: 1.0\nmax_tokens: 16\nanswer_type: number\nkeep: all\n"
+        f"drop_truncated: false\n"
+        f"output_dir: {out}\nshard_size: 2\nbatch_prompts: 2\n"
+    )
     command = [str(Path(sys.executable).parent / "reasondistill"), "generate", str(recipe)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 400
     while len(list((out / "data").glob("*.parquet"))) < 3 and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)

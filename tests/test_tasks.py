@@ -26,7 +26,9 @@ def test_splits_are_disjoint_by_arithmetic_content():
 def test_worked_solution_is_correct_arithmetic(level):
     for problem in generate_problems("test", 200, [level], seed=3):
         assert problem.level == level
-        results = [STEP_RESULT.match(line) for line in problem.reasoning.splitlines() if line.startswith("so ")]
+        results = [
+            STEP_RESULT.match(line) for line in problem.reasoning.splitlines() if line.startswith("so ")
+        ]
         assert len(results) == LEVELS[level].steps
         value = None
         for match in results:
@@ -41,15 +43,29 @@ def test_worked_solution_is_correct_arithmetic(level):
 
 
 def test_column_lines_show_carries_and_borrows():
-    assert column_steps(47, "+", 38) == ["ones: 7+8=15, write 5 carry 1", "tens: 4+3=7, 7+1=8, write 8",
-                                         "so 47+38=85"]
-    assert column_steps(85, "-", 19) == ["ones: 5-9 borrow 15-9=6, write 6", "tens: 8-1=7, 7-1=6, write 6",
-                                         "so 85-19=66"]
-    assert column_steps(67, "*", 3) == ["ones: 7*3=21, write 1 carry 2", "tens: 6*3=18, 18+2=20, write 0 carry 2",
-                                        "hundreds: carry 2, write 2", "so 67*3=201"]
+    assert column_steps(47, "+", 38) == [
+        "ones: 7+8=15, write 5 carry 1",
+        "tens: 4+3=7, 7+1=8, write 8",
+        "so 47+38=85",
+    ]
+    assert column_steps(85, "-", 19) == [
+        "ones: 5-9 borrow 15-9=6, write 6",
+        "tens: 8-1=7, 7-1=6, write 6",
+        "so 85-19=66",
+    ]
+    assert column_steps(67, "*", 3) == [
+        "ones: 7*3=21, write 1 carry 2",
+        "tens: 6*3=18, 18+2=20, write 0 carry 2",
+        "hundreds: carry 2, write 2",
+        "so 67*3=201",
+    ]
     # paying a borrow from a zero digit borrows again
-    assert column_steps(302, "-", 7) == ["ones: 2-7 borrow 12-7=5, write 5", "tens: 0-1 borrow 10-1=9, 9-0=9, write 9",
-                                         "hundreds: 3-1=2, 2-0=2, write 2", "so 302-7=295"]
+    assert column_steps(302, "-", 7) == [
+        "ones: 2-7 borrow 12-7=5, write 5",
+        "tens: 0-1 borrow 10-1=9, 9-0=9, write 9",
+        "hundreds: 3-1=2, 2-0=2, write 2",
+        "so 302-7=295",
+    ]
 
 
 def test_split_is_a_pure_function_of_content():

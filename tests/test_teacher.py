@@ -9,8 +9,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from reasondistill.demo_models.teacher import BUILD_INFO_FILE, TeacherConfig, tokenize_example, train_teacher
 from reasondistill.tasks.arithmetic import generate_problems
 
-TINY = dict(size="student", train_problems=300, steps=60, batch_tokens=1024, eval_problems=8, eval_every=20,
-            learning_rate=3e-3, warmup_steps=5)
+TINY = dict(
+    size="student",
+    train_problems=300,
+    steps=60,
+    batch_tokens=1024,
+    eval_problems=8,
+    eval_every=20,
+    learning_rate=3e-3,
+    warmup_steps=5,
+)
 
 
 def test_build_trains_saves_and_is_reused(tmp_path):

@@ -18,11 +18,15 @@ def test_round_trip_of_unseen_text(demo_tokenizer):
 
 
 def test_chat_template_has_reasoning_section(demo_tokenizer):
-    messages = [{"role": "user", "content": "Q?"},
-                {"role": "assistant", "content": "A \\boxed{1}.", "reasoning_content": "step"}]
+    messages = [
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "A \\boxed{1}.", "reasoning_content": "step"},
+    ]
     text = demo_tokenizer.apply_chat_template(messages, tokenize=False)
-    assert text == ("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
-                    "<think>\nstep\n</think>\n\nA \\boxed{1}.<|im_end|>\n")
+    assert text == (
+        "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+        "<think>\nstep\n</think>\n\nA \\boxed{1}.<|im_end|>\n"
+    )
     prompt = demo_tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert prompt == "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
     assert text.startswith(prompt)

@@ -1,6 +1,7 @@
 """Trace dataset storage (reasondistill/traces.py): real files in tmp_path, no mocks."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -38,10 +39,11 @@ def realistic_logprobs(rng: np.random.Generator, T: int, k: int, confident: floa
 
 def zipf_ids(rng: np.random.Generator, T: int, k: int, vocab: int, order: np.ndarray) -> np.ndarray:
     """[T, k] distinct ids per row, token frequency Zipf(1.05); order[r] is the id of frequency rank r."""
-    p = 1.0 / np.arange(1, vocab + 1) ** 1.05
-    ranks = rng.choice(vocab, size=(T, k), p=p / p.sum())
+    cdf = np.cumsum(1.0 / np.arange(1, vocab + 1) ** 1.05)
+    draw = lambda n: np.searchsorted(cdf, rng.random((n, k)) * cdf[-1]).clip(0, vocab - 1)  # noqa: E731
+    ranks = draw(T)
     while (dup := (np.diff(np.sort(ranks, axis=1), axis=1) == 0).any(axis=1)).any():
-        ranks[dup, 1:] = rng.choice(vocab, size=(int(dup.sum()), k - 1), p=p / p.sum())
+        ranks[dup] = draw(int(dup.sum()))
     return order[ranks]
 
 
@@ -60,22 +62,42 @@ def make_records(rng, k, vocab, prompts=3, samples=2, mean_T=40, order=None) -> 
             pick = (probs.cumsum(1) / probs.sum(1, keepdims=True) < rng.random((T, 1))).sum(1)
             pick = pick.clip(0, k - 1)
             tokens, sampled = ids[np.arange(T), pick], lps[np.arange(T), pick]
-            records.append({
-                "prompt_id": f"demo-{p}", "sample_index": s, "question": f"What is {p} + {s}?",
-                "prompt": "<|im_start|>user" + words(prompt_ids), "prompt_token_ids": prompt_ids,
-                "completion": words(tokens), "completion_token_ids": tokens, "topk_ids": ids,
-                "topk_logprobs": lps, "sampled_logprob": sampled, "finish_reason": ["stop", "length"][s % 2],
-                "extracted_answer": None if s == 1 else str(p + s), "gold_answer": str(p + s),
-                "correct": s == 0,
-            })  # fmt: skip
+            records.append(
+                {
+                    "prompt_id": f"demo-{p}",
+                    "sample_index": s,
+                    "question": f"What is {p} + {s}?",
+                    "prompt": "<|im_start|>user" + words(prompt_ids),
+                    "prompt_token_ids": prompt_ids,
+                    "completion": words(tokens),
+                    "completion_token_ids": tokens,
+                    "topk_ids": ids,
+                    "topk_logprobs": lps,
+                    "sampled_logprob": sampled,
+                    "finish_reason": ["stop", "length"][s % 2],
+                    "extracted_answer": None if s == 1 else str(p + s),
+                    "gold_answer": str(p + s),
+                    "correct": s == 0,
+                }
+            )
     return records
 
 
 def make_info(k: int, vocab: int, **changes) -> TraceInfo:
-    fields = {"teacher": "/models/teacher", "teacher_revision": None, "tokenizer": "/models/teacher",
-              "tokenizer_fingerprint": traces.tokenizer_fingerprint({"a": 0, "b": 1}), "vocab_size": vocab,
-              "k": k, "temperature": 1.0, "top_p": 1.0, "logprobs_mode": "raw_logprobs", "seed": 0,
-              "backend": "test", "recipe_fingerprint": traces.fingerprint_settings({"k": k, "n": 2})}  # fmt: skip
+    fields = {
+        "teacher": "/models/teacher",
+        "teacher_revision": None,
+        "tokenizer": "/models/teacher",
+        "tokenizer_fingerprint": traces.tokenizer_fingerprint({"a": 0, "b": 1}),
+        "vocab_size": vocab,
+        "k": k,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "logprobs_mode": "raw_logprobs",
+        "seed": 0,
+        "backend": "test",
+        "recipe_fingerprint": traces.fingerprint_settings({"k": k, "n": 2}),
+    }
     return TraceInfo(**{**fields, **changes})
 
 
@@ -91,23 +113,27 @@ def dataset(tmp_path):
     return tmp_path, info, shards
 
 
-def test_round_trip_is_exact_within_the_stated_logprob_error(tmp_path):
-    rng = np.random.default_rng(1)
-    k, records = 6, make_records(rng, 6, 1000)
-    lps = records[0]["topk_logprobs"]
-    lps[0] = [1e-5, -0.25, -9.9999, -70.0, -np.inf, -np.inf]  # rounding > 0, below the floor, masked
-    lps[1, 1:] = lps[1, 1]  # ties
-    records.append({**records[0], "sample_index": 9, "completion": "", "completion_token_ids": [],
-                    "topk_ids": np.zeros((0, k), int), "topk_logprobs": np.zeros((0, k)),
-                    "sampled_logprob": []})  # fmt: skip
-    path = traces.write_shard(tmp_path, 0, 1, records, make_info(k, 1000), {})
-    table = traces.read_shard(path)
+@pytest.mark.parametrize("k", [1, 6])
+def test_round_trip_is_exact_within_the_stated_logprob_error(tmp_path, k):
+    records = make_records(np.random.default_rng(1), k, 1000)
+    edge = [1e-5, -0.25, -9.9999, -70.0, -np.inf, -np.inf]  # rounding > 0, below the floor, masked by top-p
+    records[0]["topk_logprobs"][0] = edge[:k]
+    records[1]["topk_logprobs"][1] = records[1]["topk_logprobs"][1, -1]  # ties
+    empty = {
+        "completion": "",
+        "completion_token_ids": [],
+        "topk_ids": [],
+        "topk_logprobs": [],
+        "sampled_logprob": [],
+    }
+    records.append({**records[0], "sample_index": 9, **empty})
+    table = traces.read_shard(traces.write_shard(tmp_path, 0, 1, records, make_info(k, 1000), {}))
     assert table.num_rows == len(records)
     for row, record in enumerate(records):
         ids, decoded = traces.read_topk(table, row)
-        assert ids.dtype == np.int64 and decoded.dtype == np.float32
-        np.testing.assert_array_equal(ids, record["topk_ids"])
-        original = np.asarray(record["topk_logprobs"], dtype=np.float32)
+        assert ids.dtype == np.int64 and decoded.dtype == np.float32 and ids.shape == decoded.shape
+        np.testing.assert_array_equal(ids, np.reshape(record["topk_ids"], (-1, k)))
+        original = np.reshape(record["topk_logprobs"], (-1, k)).astype(np.float32)
         expected = np.clip(original, traces.LOGPROB_FLOOR, 0.0)
         for t, j in np.ndindex(*original.shape):  # brute force, element by element
             if np.isneginf(original[t, j]):
@@ -115,13 +141,22 @@ def test_round_trip_is_exact_within_the_stated_logprob_error(tmp_path):
             else:
                 assert abs(float(decoded[t, j]) - float(expected[t, j])) <= 1 / 2048 + 1e-6
         stored = table.slice(row, 1).to_pylist()[0]
-        for name in ("prompt_id", "sample_index", "question", "prompt", "completion", "finish_reason",
-                     "extracted_answer", "gold_answer", "correct"):  # fmt: skip
+        for name in ("prompt_id", "sample_index", "question", "prompt", "completion", "finish_reason"):
             assert stored[name] == record[name]
-        for name in ("prompt_token_ids", "completion_token_ids", "sampled_logprob"):
-            np.testing.assert_array_equal(stored[name], np.asarray(record[name]).astype(type(stored[name][0])
-                                          if stored[name] else float))  # fmt: skip
-    assert traces.read_topk(table, 0)[1][0, 3] == pytest.approx(traces.LOGPROB_FLOOR, abs=1e-3)
+        for name in ("extracted_answer", "gold_answer", "correct"):
+            assert stored[name] == record[name]
+        for name in ("prompt_token_ids", "completion_token_ids"):
+            assert stored[name] == np.asarray(record[name]).tolist()
+        assert stored["sampled_logprob"] == np.asarray(record["sampled_logprob"], np.float32).tolist()
+
+
+def test_empty_shard_counts_as_done(tmp_path):
+    info = make_info(4, 1000)
+    path = traces.write_shard(tmp_path, 0, 1, [], info, {"dropped_wrong_answer": 12})
+    assert traces.read_shard(path).num_rows == 0
+    assert traces.completed_shards(tmp_path, 1, info) == {0}
+    traces.write_card(tmp_path, info)
+    assert "| stats.dropped_wrong_answer | 12 |" in (tmp_path / "README.md").read_text()
 
 
 def test_logprob_codes_error_bound_on_every_rank():
@@ -194,7 +229,9 @@ records = [dict(prompt_id="p", sample_index=i, question="q", prompt="p", prompt_
 for shard in range(1000):
     traces.write_shard({str(tmp_path)!r}, shard, 1000, records, info, {{}})
 """
-    writer = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     data, seen_temp, deadline = tmp_path / "data", None, time.time() + 60
     while seen_temp is None and writer.poll() is None and time.time() < deadline:
         shards = list(data.glob("train-*.parquet")) if data.is_dir() else []
@@ -267,9 +304,16 @@ def _broken(record: dict, case: str) -> dict:
 
 @pytest.mark.parametrize(
     ("case", "field"),
-    [("nan", "topk_logprobs"), ("length", "topk_logprobs"), ("k", "topk_ids"), ("missing", "gold_answer"),
-     ("unsorted", "topk_logprobs"), ("vocab", "completion_token_ids"), ("inf_then_finite", "topk_logprobs")],
-)  # fmt: skip
+    [
+        ("nan", "topk_logprobs"),
+        ("length", "topk_logprobs"),
+        ("k", "topk_ids"),
+        ("missing", "gold_answer"),
+        ("unsorted", "topk_logprobs"),
+        ("vocab", "completion_token_ids"),
+        ("inf_then_finite", "topk_logprobs"),
+    ],
+)
 def test_invalid_records_are_refused_naming_the_field(tmp_path, case, field):
     records = make_records(np.random.default_rng(4), 8, 1000)
     records[1] = _broken(records[1], case)
@@ -303,6 +347,8 @@ def test_trace_info_json_is_checked():
     data = info.to_json().replace('"seed": 0', '"sed": 0')
     with pytest.raises(TraceFormatError, match=r"trace_info.json: .*\['seed', 'sed'\]"):
         TraceInfo.from_json(data, where="trace_info.json")
+    newer_minor = json.loads(info.to_json()) | {"schema_version": "1.9", "added_in_1_9": 1}
+    assert TraceInfo.from_json(json.dumps(newer_minor)).k == 20  # a newer minor version only adds
     with pytest.raises(TraceFormatError, match="trace schema 2.0 .* regenerate"):
         TraceInfo.from_json(info.to_json().replace(f'"{traces.SCHEMA_VERSION}"', '"2.0"'))
     with pytest.raises(ValueError, match="logprobs_mode"):

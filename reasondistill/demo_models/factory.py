@@ -26,17 +26,36 @@ class ModelSize:
 
 # teacher > teaching assistant > student, as in progressive distillation.
 MODEL_SIZES: dict[str, ModelSize] = {
-    "teacher": ModelSize(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2),
-    "assistant": ModelSize(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-                           num_attention_heads=3, num_key_value_heads=1),
-    "student": ModelSize(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=2, num_key_value_heads=1),
+    "teacher": ModelSize(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "assistant": ModelSize(
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+    ),
+    "student": ModelSize(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    ),
 }
 
 
-def build_model(size: str | ModelSize, tokenizer: PreTrainedTokenizerBase, max_position_embeddings: int = 2048,
-                seed: int = 0) -> Qwen2ForCausalLM:
+def build_model(
+    size: str | ModelSize,
+    tokenizer: PreTrainedTokenizerBase,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2ForCausalLM whose vocabulary matches `tokenizer`.
 
     The vocabulary is padded up to a multiple of 64, as real checkpoints pad theirs (the padding
@@ -45,10 +64,14 @@ def build_model(size: str | ModelSize, tokenizer: PreTrainedTokenizerBase, max_p
     shape = MODEL_SIZES[size] if isinstance(size, str) else size
     for name in ("hidden_size", "intermediate_size"):
         if getattr(shape, name) % 32:
-            raise ValueError(f"{name}={getattr(shape, name)} must be a multiple of 32 (bitsandbytes 4-bit on CPU)")
+            raise ValueError(
+                f"{name}={getattr(shape, name)} must be a multiple of 32 (bitsandbytes 4-bit on CPU)"
+            )
     head_dim = shape.hidden_size // shape.num_attention_heads
     if (head_dim * shape.num_key_value_heads) % 32:
-        raise ValueError("num_key_value_heads * head_dim must be a multiple of 32 (bitsandbytes 4-bit on CPU)")
+        raise ValueError(
+            "num_key_value_heads * head_dim must be a multiple of 32 (bitsandbytes 4-bit on CPU)"
+        )
     vocab_size = -(-len(tokenizer) // 64) * 64
     config = Qwen2Config(
         vocab_size=vocab_size,

@@ -32,18 +32,24 @@ BUILD_INFO_FILE = "demo_build.json"  # written last: its presence marks a finish
 class TeacherConfig:
     """How the demo teacher is built. Changing any field builds a new teacher in a new directory."""
 
-    cache_dir: str = field(default=".cache/reasondistill", metadata={"help": "Where built demo models are kept."})
+    cache_dir: str = field(
+        default=".cache/reasondistill", metadata={"help": "Where built demo models are kept."}
+    )
     size: str = field(default="teacher", metadata={"help": f"Model shape, one of {sorted(MODEL_SIZES)}."})
-    levels: list[int] = field(default_factory=lambda: [1, 2, 3],
-                              metadata={"help": "Task difficulty levels to train and evaluate on."})
+    levels: list[int] = field(
+        default_factory=lambda: [1, 2, 3],
+        metadata={"help": "Task difficulty levels to train and evaluate on."},
+    )
     vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
-    train_problems: int = field(default=40000, metadata={"help": "Distinct training problems drawn."})
-    steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
+    train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
+    steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
     batch_tokens: int = field(default=4096, metadata={"help": "Tokens per batch, padding included."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up, then cosine decay to 10%."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    eval_problems: int = field(default=300, metadata={"help": "Held-out test problems for the accuracy check."})
+    eval_problems: int = field(
+        default=300, metadata={"help": "Held-out test problems for the accuracy check."}
+    )
     eval_every: int = field(default=250, metadata={"help": "Steps between learning-curve evaluations."})
     seed: int = field(default=0, metadata={"help": "Seeds data, initialisation and batching."})
 
@@ -86,11 +92,14 @@ def tokenize_example(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> tu
     return full_ids, len(prompt_ids)
 
 
-def token_budget_batches(examples: list[tuple[list[int], int]], batch_tokens: int, rng: random.Random):
-    """Endless stream of padded batches of similar-length examples, about batch_tokens each.
+def token_budget_batches(
+    examples: list[tuple[list[int], int]], batch_tokens: int, pad_id: int, rng: random.Random
+):
+    """Endless stream of right-padded batches of similar-length examples, about batch_tokens each.
 
-    Yields (input_ids [B, T], labels [B, T], attention_mask [B, T]); labels are -100 on prompt
-    and padding so only the answer carries loss.
+    Yields (input_ids [B, T], labels [B, T]); labels are -100 on prompt and padding so only the
+    answer carries loss. No attention mask is needed: with right padding and causal attention no
+    real token ever sees a pad, and leaving the mask out keeps SDPA on its fast causal path.
     """
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     while True:
@@ -105,31 +114,38 @@ def token_budget_batches(examples: list[tuple[list[int], int]], batch_tokens: in
         rng.shuffle(batches)
         for batch in batches:
             width = max(len(examples[i][0]) for i in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
             for row, i in enumerate(batch):
                 tokens, prompt_len = examples[i]
                 ids[row, : len(tokens)] = torch.tensor(tokens)
                 labels[row, prompt_len : len(tokens)] = torch.tensor(tokens[prompt_len:])
-                mask[row, : len(tokens)] = 1
-            yield ids, labels, mask
+            yield ids, labels
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], batch_size: int = 64,
-                    max_new_tokens: int = 400) -> float:
+def greedy_accuracy(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    batch_size: int = 64,
+    max_new_tokens: int = 400,
+) -> float:
     """Share of problems whose greedy completion ends in \\boxed{gold answer}."""
     model.eval()
     correct = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        prompts = [tokenizer.apply_chat_template(chat_messages(p)[0], add_generation_prompt=True, tokenize=False)
-                   for p in chunk]
+        prompts = [
+            tokenizer.apply_chat_template(chat_messages(p)[0], add_generation_prompt=True, tokenize=False)
+            for p in chunk
+        ]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(text.rstrip().endswith(f"\\boxed{{{p.answer}}}.") for text, p in zip(texts, chunk))
+        correct += sum(
+            text.rstrip().endswith(f"\\boxed{{{p.answer}}}.") for text, p in zip(texts, chunk, strict=True)
+        )
     model.train()
     return correct / len(problems)
 
@@ -149,14 +165,18 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
     tokenizer = train_tokenizer((render_conversation(p) for p in train[:5000]), config.vocab_size)
     examples = [tokenize_example(tokenizer, p) for p in train]
     model = build_model(config.size, tokenizer, seed=config.seed)
-    log(f"teacher: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} training problems, "
-        f"{sum(len(t) for t, _ in examples) / len(examples):.0f} tokens each on average")
+    log(
+        f"teacher: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} training problems, "
+        f"{sum(len(t) for t, _ in examples) / len(examples):.0f} tokens each on average"
+    )
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=config.learning_rate, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+    )
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
@@ -165,37 +185,52 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
         return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     curve: list[dict] = []
-    batches = token_budget_batches(examples, config.batch_tokens, rng)
+    batches = token_budget_batches(examples, config.batch_tokens, tokenizer.pad_token_id, rng)
     model.train()
-    loss_sum, tokens_seen, window_start = torch.zeros(()), 0, time.time()
+    loss_sum, answer_tokens, train_seconds = torch.zeros(()), 0, 0.0
     for step in range(config.steps):
-        ids, labels, mask = next(batches)
+        step_start = time.time()
+        ids, labels = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
-        tokens_seen += int(mask.sum())
+        answer_tokens += int((labels != -100).sum())
+        train_seconds += time.time() - step_start
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            acc = greedy_accuracy(model, tokenizer, test[:100])
-            point = {"step": step + 1, "loss": round(float(loss_sum) / config.eval_every, 4),
-                     "heldout_accuracy_100": acc, "tokens_per_s": round(tokens_seen / (time.time() - window_start)),
-                     "elapsed_s": round(time.time() - started)}
+            window = (step % config.eval_every) + 1
+            point = {
+                "step": step + 1,
+                "loss": round(float(loss_sum) / window, 4),
+                "heldout_accuracy_100": greedy_accuracy(model, tokenizer, test[:100]),
+                "answer_tokens_per_s": round(answer_tokens / train_seconds),
+                "elapsed_s": round(time.time() - started),
+            }
             curve.append(point)
             log(json.dumps(point))
-            loss_sum, tokens_seen, window_start = torch.zeros(()), 0, time.time()
+            loss_sum, answer_tokens, train_seconds = torch.zeros(()), 0, 0.0
 
     accuracy = greedy_accuracy(model, tokenizer, test)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    info = {"config": asdict(config), "parameters": count_parameters(model), "heldout_accuracy": accuracy,
-            "heldout_problems": len(test), "learning_curve": curve, "build_seconds": round(time.time() - started)}
+    info = {
+        "config": asdict(config),
+        "parameters": count_parameters(model),
+        "heldout_accuracy": accuracy,
+        "heldout_problems": len(test),
+        "learning_curve": curve,
+        "build_seconds": round(time.time() - started),
+    }
     (out_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2))
-    log(f"teacher held-out accuracy {accuracy:.1%} on {len(test)} problems, built in {info['build_seconds']} s")
+    log(
+        f"teacher held-out accuracy {accuracy:.1%} on {len(test)} problems, "
+        f"built in {info['build_seconds']} s"
+    )
     return out_dir
 
 

@@ -63,9 +63,18 @@ class Problem:
 
 
 NAMES = [
-    ("Mia", "she", "her"), ("Leo", "he", "his"), ("Ava", "she", "her"), ("Sam", "he", "his"),
-    ("Zoe", "she", "her"), ("Ben", "he", "his"), ("Ivy", "she", "her"), ("Max", "he", "his"),
-    ("Lily", "she", "her"), ("Omar", "he", "his"), ("Nina", "she", "her"), ("Raj", "he", "his"),
+    ("Mia", "she", "her"),
+    ("Leo", "he", "his"),
+    ("Ava", "she", "her"),
+    ("Sam", "he", "his"),
+    ("Zoe", "she", "her"),
+    ("Ben", "he", "his"),
+    ("Ivy", "she", "her"),
+    ("Max", "he", "his"),
+    ("Lily", "she", "her"),
+    ("Omar", "he", "his"),
+    ("Nina", "she", "her"),
+    ("Raj", "he", "his"),
 ]
 OBJECTS = ["apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pencils", "stamps", "beads"]
 ADD_PHRASES = [
@@ -140,8 +149,6 @@ def borrow_steps(a: int, b: int) -> list[str]:
     return lines
 
 
-
-
 def column_steps(a: int, op: str, b: int) -> list[str]:
     """The worked lines of one step `a op b`."""
     return borrow_steps(a, b) if op == "-" else carry_steps(a, op, b)
@@ -190,12 +197,15 @@ def render_problem(rng: random.Random, level_id: int, start: int, ops: list[tupl
     reasoning: list[str] = []
     value = start
     for i, (op, n) in enumerate(ops, start=1):
-        if op == "*":
-            template = MUL_PHRASES[n]
-        else:
-            template = rng.choice(ADD_PHRASES if op == "+" else SUB_PHRASES)
-        fields = {"Pron": pron.capitalize(), "pron": pron, "obj_pron": obj_pron.replace("his", "him"),
-                  "n": n, "obj": obj, "friend": friend}
+        template = MUL_PHRASES[n] if op == "*" else rng.choice(ADD_PHRASES if op == "+" else SUB_PHRASES)
+        fields = {
+            "Pron": pron.capitalize(),
+            "pron": pron,
+            "obj_pron": obj_pron.replace("his", "him"),
+            "n": n,
+            "obj": obj,
+            "friend": friend,
+        }
         sentences.append(template.format(**fields))
         reasoning.append(f"Step {i}: {value}{op}{n}")
         reasoning.extend(column_steps(value, op, n))
@@ -233,8 +243,10 @@ def generate_problems(split: str, count: int, levels: list[int], seed: int) -> l
         if problem is None or problem.id in seen:
             misses += 1
             if misses > 20000:
-                raise ValueError(f"cannot draw {count} distinct {split} problems at levels {levels}: the "
-                                 "content space is too small; ask for fewer or add harder levels")
+                raise ValueError(
+                    f"cannot draw {count} distinct {split} problems at levels {levels}: the "
+                    "content space is too small; ask for fewer or add harder levels"
+                )
             continue
         misses = 0
         seen.add(problem.id)

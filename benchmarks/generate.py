@@ -1,0 +1,243 @@
+"""Trace-generation throughput and storage, measured in one process.
+
+    .venv/bin/python benchmarks/generate.py [--teacher DIR] [--prompts 64] [--max-tokens 128]
+
+Prints a table of completion tokens/s for, on the same prompts and sampling parameters:
+raw vLLM `LLM.generate` without logprobs, with top-20 logprobs (per-token dicts, and flat lists),
+our engine (flat lists -> numpy), our whole shard pipeline (engine + grading + records + Parquet
+write), and the transformers backend; then stored bytes per completion token at k = 1, 8, 20.
+Ratios are against the raw call in the same process. Raw calls ignore end-of-sequence so each
+prompt yields max_tokens; our engines stop at it, so their rates are per token actually generated.
+Two models: the trained demo teacher (real
+distributions, for storage) and a randomly initialised ~80M-parameter Qwen2 (where generation,
+not Python overhead, dominates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from reasondistill.prompts import render_prompt
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def build_random_model(tokenizer_dir: Path, out: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    from reasondistill.demo_models.factory import ModelSize, build_model, count_parameters
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_model(
+        ModelSize(
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=10,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+        ),
+        tokenizer,
+        seed=0,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"random model: {count_parameters(model) / 1e6:.0f}M parameters at {out}")
+    return out
+
+
+def engine_settings(model_dir: Path) -> dict:
+    return dict(
+        teacher=str(model_dir),
+        dtype="float32",
+        max_model_len=1024,
+        gpu_memory_utilization=0.2,
+        logprobs=20,
+        seed=0,
+    )
+
+
+def open_engine(model_dir: Path, prompts):
+    """A vLLM engine on model_dir, its tokenizer, and the prompts' chat-template token ids."""
+    from reasondistill.engines import EngineConfig, VllmEngine
+
+    engine = VllmEngine(EngineConfig(**engine_settings(model_dir)))
+    tokenizer = engine.llm.get_tokenizer()
+    prompt_ids = [
+        tokenizer(render_prompt(tokenizer, p.question, None, None, False), add_special_tokens=False)[
+            "input_ids"
+        ]
+        for p in prompts
+    ]
+    return engine, tokenizer, prompt_ids
+
+
+def bench_info(model: str, vocab_size: int, k: int):
+    from reasondistill.traces import TraceInfo
+
+    return TraceInfo(
+        teacher=model,
+        teacher_revision=None,
+        tokenizer=model,
+        tokenizer_fingerprint="bench",
+        vocab_size=vocab_size,
+        k=k,
+        temperature=1.0,
+        top_p=1.0,
+        logprobs_mode="raw_logprobs",
+        seed=0,
+        backend="vllm",
+        recipe_fingerprint="bench",
+    )
+
+
+def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
+    """Rows of (what, completion tokens/s) for one model."""
+    from vllm import SamplingParams
+
+    from reasondistill.engines import EngineConfig, SamplingConfig, TransformersEngine
+    from reasondistill.generate import run_shard
+    from reasondistill.generate_config import GenerateConfig
+
+    settings = engine_settings(model_dir)
+    engine, tokenizer, prompt_ids = open_engine(model_dir, prompts)
+    common = dict(n=1, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, ignore_eos=True)
+    requests = [{"prompt_token_ids": p} for p in prompt_ids]
+    rows = []
+
+    def raw(**extra):
+        params = [SamplingParams(**common, seed=i, **extra) for i in range(len(requests))]
+        outputs, seconds = timed(lambda: engine.llm.generate(requests, params, use_tqdm=False))
+        return sum(len(o.outputs[0].token_ids) for o in outputs) / seconds
+
+    raw(max_tokens=4)  # warm-up
+    rows.append(("vLLM LLM.generate, no logprobs", raw()))
+    rows.append(("vLLM LLM.generate, top-20 logprobs (dicts)", raw(logprobs=20)))
+    rows.append(("vLLM LLM.generate, top-20 logprobs (flat)", raw(logprobs=20, flat_logprobs=True)))
+
+    sampling = SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
+    results, seconds = timed(lambda: engine.sample(prompt_ids, sampling, seeds=list(range(len(prompt_ids)))))
+    rows.append(("our VllmEngine.sample (numpy top-20)", sum(len(c[0].token_ids) for c in results) / seconds))
+
+    config = GenerateConfig(
+        **settings,
+        prompts="task:arithmetic",
+        instruction=None,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=args.max_tokens,
+        answer_type="number",
+        keep="all",
+        drop_truncated=False,
+        batch_prompts=len(prompts),
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        from reasondistill.traces import write_shard
+
+        def pipeline():
+            records, stats = run_shard(config, engine, tokenizer, prompts)
+            info = bench_info(str(model_dir), engine.llm.llm_engine.model_config.get_vocab_size(), 20)
+            write_shard(scratch, 0, 1, records, info, dict(stats))
+            return stats
+
+        stats, seconds = timed(pipeline)
+        rows.append(
+            ("our pipeline: sample + grade + records + Parquet", stats["completion_tokens"] / seconds)
+        )
+    engine.close()
+
+    hf = TransformersEngine(EngineConfig(**{**settings, "backend": "transformers"}), batch_size=len(prompts))
+    results, seconds = timed(lambda: hf.sample(prompt_ids, sampling, seeds=[0] * len(prompt_ids)))
+    rows.append(("transformers backend (top-20)", sum(len(c[0].token_ids) for c in results) / seconds))
+    return rows
+
+
+def storage_rows(teacher_dir: Path, prompts, args) -> list[tuple[int, float, float]]:
+    """(k, bytes/token all columns, bytes/token top-k columns) on the demo teacher's real traces."""
+    from reasondistill.engines import SamplingConfig
+    from reasondistill.traces import TOPK_COLUMNS, bytes_per_token, write_shard
+
+    engine, _, prompt_ids = open_engine(teacher_dir, prompts)
+    completions = engine.sample(
+        prompt_ids,
+        SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_tokens=400),
+        seeds=list(range(len(prompts))),
+    )
+    vocab_size = engine.llm.llm_engine.model_config.get_vocab_size()
+    engine.close()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for k in (1, 8, 20):
+            records = [
+                {
+                    "prompt_id": str(i),
+                    "sample_index": 0,
+                    "question": p.question,
+                    "prompt": "",
+                    "prompt_token_ids": ids,
+                    "completion": c[0].text,
+                    "completion_token_ids": c[0].token_ids,
+                    "topk_ids": c[0].topk_ids[:, :k],
+                    "topk_logprobs": c[0].topk_logprobs[:, :k],
+                    "sampled_logprob": c[0].sampled_logprobs,
+                    "finish_reason": c[0].finish_reason,
+                    "extracted_answer": None,
+                    "gold_answer": p.gold_answer,
+                    "correct": False,
+                }
+                for i, (p, ids, c) in enumerate(zip(prompts, prompt_ids, completions, strict=True))
+            ]
+            info = bench_info(str(teacher_dir), vocab_size, k)
+            path = write_shard(Path(scratch) / f"k{k}", 0, 1, records, info, dict(Counter()))
+            rows.append((k, bytes_per_token(path), bytes_per_token(path, TOPK_COLUMNS)))
+    return rows
+
+
+def main() -> None:
+    from reasondistill.prompts import load_prompts
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--teacher", type=Path, help="demo teacher directory (default: the newest in the cache)"
+    )
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(".cache/reasondistill/vllm").resolve()))
+    torch.set_num_threads(os.cpu_count() or 1)
+    teacher = args.teacher or max(Path(".cache/reasondistill").glob("demo-teacher-*"), key=os.path.getmtime)
+    prompts = load_prompts("task:arithmetic", split="test", limit=args.prompts)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        random_model = build_random_model(teacher, Path(scratch) / "random-80m")
+        for name, model_dir in (("demo teacher (3.3M)", teacher), ("random Qwen2 (~80M)", random_model)):
+            rows = measure_model(model_dir, prompts, args)
+            base = rows[0][1]
+            print(
+                f"\n{name}: {args.prompts} prompts x {args.max_tokens} tokens, temperature 1, float32, "
+                f"{os.cpu_count()} CPU threads"
+            )
+            print(f"| {'what':<52} | tokens/s | vs raw no-logprobs |\n|{'-' * 54}|---------:|---------:|")
+            for what, rate in rows:
+                print(f"| {what:<52} | {rate:8.0f} | {rate / base:8.2f} |")
+
+    print("\nstored bytes per completion token (demo teacher traces, Parquet zstd):")
+    print("| k | all columns | top-k columns |\n|--:|--:|--:|")
+    for k, total, topk in storage_rows(teacher, prompts, args):
+        print(f"| {k} | {total:.1f} | {topk:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
