@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from reasondistill.engines import SamplingConfig
 from reasondistill.generate import generate
 from reasondistill.generate_config import GenerateConfig
-from reasondistill.traces import load_traces, read_topk
+from reasondistill.traces import TraceFormatError, load_traces, read_topk
 
 pytestmark = pytest.mark.slow
 
@@ -222,7 +222,9 @@ def test_sigkill_mid_run_then_restart_gives_every_record_once(tmp_path, tiny_mod
     first.wait()
     written = len(list((out / "data").glob("*.parquet")))
     assert 3 <= written < 20, "killed after some shards, before the end"
-    assert not (out / "README.md").exists()
+    assert "INCOMPLETE" in (out / "README.md").read_text()
+    with pytest.raises(TraceFormatError, match="incomplete"):
+        load_traces(out)
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
