@@ -40,7 +40,9 @@ STAGES = {
 }
 
 # Stages whose issue has not landed yet. They refuse plainly instead of pretending to work.
-NOT_BUILT = {"train", "evaluate", "quantize"}
+NOT_BUILT = {"quantize"}
+# Stages that also run from command-line flags alone (`reasondistill evaluate --model DIR --benchmark gsm8k`).
+RECIPE_OPTIONAL = {"evaluate"}
 
 
 def set_cache_locations(cache_dir: Path) -> None:
@@ -58,12 +60,20 @@ def resolve_demo_recipe(path: str) -> Path:
     return REPO_ROOT / path
 
 
-def run_stage(stage: str, recipe: str, overrides: list[str]) -> int:
+def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
     # Imported here so that `--help` and unbuilt stages answer without loading torch.
     if stage == "demo":
         from reasondistill.demo import run_demo
 
         return run_demo(resolve_demo_recipe(recipe), overrides)
+    if stage == "evaluate":
+        from reasondistill.evaluate import run_evaluate
+
+        return run_evaluate(recipe and Path(recipe), overrides)
+    if stage == "train":
+        from reasondistill.train import run_train
+
+        return run_train(Path(recipe), overrides)
     from reasondistill.generate import run_generate
 
     return run_generate(Path(recipe), overrides)
@@ -82,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         default = DEFAULT_DEMO_RECIPE if name == "demo" else None
         stage.add_argument(
             "recipe",
-            nargs="?" if default else None,
+            nargs="?" if default or name in RECIPE_OPTIONAL else None,
             default=default,
-            help="YAML recipe" + (f" (default: {default})" if default else ""),
+            help="YAML recipe"
+            + (f" (default: {default})" if default else "")
+            + (" (optional: --key value flags alone also work)" if name in RECIPE_OPTIONAL else ""),
         )
     return parser
 
@@ -92,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = build_parser().parse_known_args(argv)
+    if args.stage in RECIPE_OPTIONAL and argv[1:2] and argv[1].startswith("-"):
+        # No recipe: argparse would otherwise take the first flag's value ("--model DIR") for one.
+        args.recipe, overrides = None, argv[1:]
     if args.stage in NOT_BUILT:
         print(
             f"reasondistill {args.stage}: not built yet. This stage is planned (see the issues list and "

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.demo_models.factory import MODEL_SIZES, build_model, count_parameters
+from reasondistill.demo_models.scoring import greedy_completions, is_correct
 from reasondistill.demo_models.tokenizer import CHAT_TEMPLATE, train_tokenizer
 from reasondistill.tasks.arithmetic import Problem, generate_problems
 
@@ -123,31 +124,10 @@ def token_budget_batches(
             yield ids, labels
 
 
-@torch.no_grad()
-def greedy_accuracy(
-    model,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem],
-    batch_size: int = 64,
-    max_new_tokens: int = 400,
-) -> float:
+def greedy_accuracy(model, tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) -> float:
     """Share of problems whose greedy completion ends in \\boxed{gold answer}."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template(chat_messages(p)[0], add_generation_prompt=True, tokenize=False)
-            for p in chunk
-        ]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(
-            text.rstrip().endswith(f"\\boxed{{{p.answer}}}.") for text, p in zip(texts, chunk, strict=True)
-        )
-    model.train()
-    return correct / len(problems)
+    texts = greedy_completions(model, tokenizer, problems)
+    return sum(map(is_correct, texts, problems)) / len(problems)
 
 
 def train_teacher(config: TeacherConfig, log=print) -> Path:

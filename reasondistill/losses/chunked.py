@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .distill import DistillLoss, check_loss_args, combine, token_loss_sums, token_masks
+from .distill import DistillLoss, checked_settings, combine, token_loss_sums, token_masks
 from .divergences import DivergenceKind
 from .topk_targets import DEFAULT_TAIL_FLOOR
 
@@ -72,19 +72,7 @@ def distillation_loss(
     host sync (the row count) per call instead of their share of the [N, V] matmul and softmaxes.
     `chunk_size` rows per chunk: peak ~ several [chunk_size, V] float32 (0.6 GB each at 1024 x 152k).
     """
-    settings = dict(
-        divergence_kind=divergence_kind,
-        beta=beta,
-        alpha=alpha,
-        temperature=temperature,
-        gen_temperature=gen_temperature,
-        tail=tail,
-        tail_floor=tail_floor,
-        ce_weight=ce_weight,
-        kd_weight=kd_weight,
-    )
-    counts = dict(num_items_in_batch=num_items_in_batch, num_kd_items_in_batch=num_kd_items_in_batch)
-    check_loss_args(**{k: v for k, v in settings.items() if k != "tail"}, **counts)
+    settings, counts = checked_settings(locals())
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     k = topk_ids.shape[-1]

@@ -55,6 +55,21 @@ def check_loss_args(
         )
 
 
+SETTING_NAMES = (
+    "divergence_kind", "beta", "alpha", "temperature", "gen_temperature", "tail", "tail_floor",
+    "ce_weight", "kd_weight",
+)  # fmt: skip
+COUNT_NAMES = ("num_items_in_batch", "num_kd_items_in_batch")
+
+
+def checked_settings(arguments: dict) -> tuple[dict, dict]:
+    """(loss settings, global counts) picked from a loss function's arguments (its `locals()`), checked."""
+    settings = {name: arguments[name] for name in SETTING_NAMES}
+    counts = {name: arguments[name] for name in COUNT_NAMES}
+    check_loss_args(**{k: v for k, v in settings.items() if k != "tail"}, **counts)
+    return settings, counts
+
+
 def token_masks(
     labels: torch.Tensor, topk_logprobs: torch.Tensor, target_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,19 +189,7 @@ def distillation_loss_from_logits(
     tokens; tokens with targets are counted by the caller), so that summing micro-batch losses gives
     the whole batch's loss. See module and docs/losses.md for the buckets and divergences.
     """
-    settings = dict(
-        divergence_kind=divergence_kind,
-        beta=beta,
-        alpha=alpha,
-        temperature=temperature,
-        gen_temperature=gen_temperature,
-        tail=tail,
-        tail_floor=tail_floor,
-        ce_weight=ce_weight,
-        kd_weight=kd_weight,
-    )
-    counts = dict(num_items_in_batch=num_items_in_batch, num_kd_items_in_batch=num_kd_items_in_batch)
-    check_loss_args(**{k: v for k, v in settings.items() if k != "tail"}, **counts)
+    settings, counts = checked_settings(locals())
     k = topk_ids.shape[-1]
     logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)  # [N, V], [N]
     topk_ids, topk_logprobs = topk_ids.reshape(-1, k), topk_logprobs.reshape(-1, k)  # [N, K]

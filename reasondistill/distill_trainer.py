@@ -1,0 +1,234 @@
+"""`DistillTrainer`: TRL's `SFTTrainer` with the loss swapped for CE + T^2 * divergence to a stored top-k.
+
+What differs from `SFTTrainer`, and nothing else:
+
+- the student's forward gets a distillation head (`add_distill_head`): given `topk_ids`/`topk_logprobs`
+  it runs the backbone and returns `reasondistill.losses.distillation_loss` on the final hidden states,
+  chunked so [tokens, vocab] logits never exist at once. The loss lives inside `forward` so DDP, FSDP
+  and DeepSpeed see an ordinary forward pass;
+- `compute_loss` passes the accumulated batch's token counts (CE: label tokens, as transformers counts;
+  KD: label tokens that have teacher targets, counted here) so gradient accumulation and multi-process
+  runs give the loss of the whole batch, and logs the two terms (`ce`, `kd`) separately;
+- on-policy steps (GKD's lmbda): for that share of optimizer steps, every micro-batch's completions are
+  replaced by ones the student samples, scored by the live teacher; only the divergence trains on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+from trl import SFTTrainer
+
+from reasondistill.distill_data import TopKCollator
+from reasondistill.losses import distillation_loss
+from reasondistill.losses.distill import IGNORE_INDEX
+from reasondistill.train_config import DistillConfig
+
+
+@dataclass
+class DistillOutput(ModelOutput):
+    """Forward output of a student called with teacher targets; `ce` and `kd` are the unweighted terms."""
+
+    loss: torch.Tensor | None = None
+    ce: torch.Tensor | None = None
+    kd: torch.Tensor | None = None
+
+
+def add_distill_head(model: PreTrainedModel, args: DistillConfig) -> None:
+    """Patch `model.forward`: with `topk_ids` given it returns DistillOutput, otherwise it is unchanged.
+
+    Extra forward arguments: `labels` [B, L], `topk_ids` [B, L, K], `topk_logprobs` [B, L, K] (aligned as
+    distill_data.TopKCollator builds them; shifted by one here), `gen_temperature`, `num_items_in_batch`,
+    `num_kd_items_in_batch`, `on_policy` (True: CE weight 0). Add it to the model PEFT wraps, if any.
+    """
+    original_forward = model.forward
+    settings = dict(
+        divergence_kind=args.divergence,
+        beta=args.beta,
+        alpha=args.alpha,
+        temperature=args.temperature,
+        tail=args.tail,
+        tail_floor=args.tail_floor,
+        kd_weight=args.kd_weight,
+        chunk_size=args.loss_chunk_size,
+    )
+
+    @functools.wraps(type(model).forward)  # `generate` checks its kwargs against this signature
+    def forward(
+        self,
+        *inputs,
+        topk_ids=None,
+        topk_logprobs=None,
+        labels=None,
+        prompt_lengths=None,
+        gen_temperature=1.0,
+        num_items_in_batch=None,
+        num_kd_items_in_batch=None,
+        on_policy=False,
+        **kwargs,
+    ):
+        if topk_ids is None:
+            if labels is not None:
+                kwargs["labels"] = labels
+            return original_forward(*inputs, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*inputs, **kwargs).last_hidden_state[:, :-1]  # [B, L-1, H]
+        head = self.get_output_embeddings()
+        loss = distillation_loss(
+            hidden,
+            head.weight,
+            labels[:, 1:],
+            topk_ids[:, 1:],
+            topk_logprobs[:, 1:],
+            lm_head_bias=head.bias,
+            gen_temperature=gen_temperature,
+            ce_weight=0.0 if on_policy else args.ce_weight,
+            num_items_in_batch=num_items_in_batch,
+            num_kd_items_in_batch=num_kd_items_in_batch,
+            **settings,
+        )
+        return DistillOutput(loss=loss.total, ce=loss.ce, kd=loss.kd)
+
+    model.forward = types.MethodType(forward, model)
+
+
+def token_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label tokens, label tokens with teacher targets) of a collated batch, after the causal shift."""
+    labelled = batch["labels"][:, 1:] != IGNORE_INDEX
+    targeted = labelled & torch.isfinite(batch["topk_logprobs"][:, 1:, 0])
+    return labelled.sum(), targeted.sum()
+
+
+class DistillTrainer(SFTTrainer):
+    """SFTTrainer whose loss is w_ce * CE + w_kd * T^2 * divergence against a stored teacher top-k."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        args: DistillConfig,
+        data_collator: TopKCollator,
+        gen_temperature: float = 1.0,
+        teacher: PreTrainedModel | None = None,
+        **kwargs,
+    ):
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        add_distill_head(
+            self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model, args
+        )
+        # Our loss divides by the accumulated batch's token counts itself (Trainer then skips its
+        # division by the accumulation steps).
+        self.model_accepts_loss_kwargs = True
+        self.gen_temperature = gen_temperature
+        self.teacher = teacher
+        if teacher is not None:
+            self.teacher = teacher.to(self.accelerator.device).eval().requires_grad_(False)
+        self._num_kd_items_in_batch = None
+        self._on_policy_step = False
+
+    # ----- batches: on-policy replacement and token counts for the whole accumulated batch -----
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # torch's global RNG: Trainer checkpoints it, so a resumed run makes the same choices
+        self._on_policy_step = self.args.lmbda > 0 and torch.rand(()).item() < self.args.lmbda
+        if self._on_policy_step:
+            batches = [self.on_policy_batch(batch) for batch in batches]
+            num_items = self._get_num_items_in_batch(batches, device)
+        kd_items = sum(token_counts(batch)[1] for batch in batches) if batches else None
+        if kd_items is not None:
+            kd_items = kd_items.to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                kd_items = self.accelerator.gather(kd_items).sum()
+        self._num_kd_items_in_batch = kd_items
+        return batches, num_items
+
+    @torch.no_grad()
+    def on_policy_batch(self, batch: dict) -> dict:
+        """The batch's prompts with completions the student samples now and the teacher's top-k on them."""
+        collator: TopKCollator = self.data_collator
+        device = self.accelerator.device
+        student = self.accelerator.unwrap_model(self.model)
+        prompts = [batch["input_ids"][b, :n].tolist() for b, n in enumerate(batch["prompt_lengths"].tolist())]
+        width = max(map(len, prompts))  # left-pad for generation
+        input_ids = torch.tensor(
+            [[collator.pad_token_id] * (width - len(p)) + p for p in prompts], device=device
+        )
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        was_training = student.training
+        student.eval()
+        generated = student.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=True,
+            temperature=self.args.on_policy_temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=self.args.on_policy_max_new_tokens,
+            pad_token_id=collator.pad_token_id,
+        )[:, width:]
+        student.train(was_training)
+        eos = student.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        records = []
+        for prompt, tokens in zip(prompts, generated.tolist(), strict=True):
+            end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+            records.append({"prompt_token_ids": prompt, "completion_token_ids": tokens[:end]})
+        sequences = [r["prompt_token_ids"] + r["completion_token_ids"] for r in records]
+        teacher_ids = torch.full((len(sequences), max(map(len, sequences))), collator.pad_token_id)
+        teacher_mask = torch.zeros_like(teacher_ids)
+        for b, tokens in enumerate(sequences):
+            teacher_ids[b, : len(tokens)], teacher_mask[b, : len(tokens)] = torch.tensor(tokens), 1
+        logits = self.teacher(input_ids=teacher_ids.to(device), attention_mask=teacher_mask.to(device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # raw teacher logprobs: gen_temperature 1
+        top = logprobs.topk(collator.k, dim=-1)
+        for b, record in enumerate(records):
+            start, n = len(record["prompt_token_ids"]), len(record["completion_token_ids"])
+            positions = slice(start - 1, start - 1 + n)  # logits at p - 1 predict the token at p
+            record["topk_ids"] = top.indices[b, positions].cpu().numpy()
+            record["topk_logprobs"] = top.values[b, positions].cpu().numpy()
+        return collator(records)
+
+    # ----- loss -----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        on_policy = mode == "train" and self._on_policy_step
+        outputs = model(
+            **inputs,
+            gen_temperature=1.0 if on_policy else self.gen_temperature,
+            num_items_in_batch=num_items_in_batch,
+            num_kd_items_in_batch=self._num_kd_items_in_batch if num_items_in_batch is not None else None,
+            on_policy=on_policy,
+        )
+        loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # the counts are global (all processes) and DDP averages gradients over processes
+            loss = loss * self.accelerator.num_processes
+        self._log_terms(mode, inputs, outputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_terms(self, mode: str, inputs: dict, outputs: DistillOutput, num_items_in_batch) -> None:
+        """Per-token means of this micro-batch's CE and KD, whatever denominators the loss used."""
+        ce_tokens, kd_tokens = token_counts(inputs)
+        ce_denominator = ce_tokens if num_items_in_batch is None else num_items_in_batch
+        kd_denominator = kd_tokens if num_items_in_batch is None else self._num_kd_items_in_batch
+        means = torch.stack(
+            [
+                outputs.ce.detach() * ce_denominator / ce_tokens.clamp_min(1),
+                outputs.kd.detach() * kd_denominator / kd_tokens.clamp_min(1),
+            ]
+        )
+        ce, kd = self.accelerator.gather_for_metrics(means.unsqueeze(0)).mean(0).tolist()
+        self._metrics[mode]["ce"].append(ce)
+        self._metrics[mode]["kd"].append(kd)
+        if mode == "train":
+            self._metrics[mode]["on_policy"].append(float(self._on_policy_step))
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The distillation head returns no logits; evaluation reports the loss and its terms.
+        return super().prediction_step(model, inputs, True, ignore_keys)

@@ -1,0 +1,366 @@
+"""The distillation trainer with real TRL, PEFT, accelerate and trace datasets written by `generate`.
+
+The teacher here is a random tiny Qwen2 (traces need not be correct to test the mechanics); its
+top-k over a random vocabulary also reaches the padding rows of its embedding, which the mismatched
+vocabulary test relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from trl import ModelConfig
+
+from reasondistill.distill_data import TopKCollator, load_trace_dataset
+from reasondistill.distill_trainer import DistillTrainer
+from reasondistill.generate import generate
+from reasondistill.generate_config import GenerateConfig
+from reasondistill.losses import distillation_loss_from_logits
+from reasondistill.recipe import parse_recipe
+from reasondistill.traces import read_topk
+from reasondistill.train import MERGED_DIR, RECIPE_FILE, train
+from reasondistill.train_config import DistillConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trace_dir(tmp_path_factory, tiny_model_dir):
+    """24 traces (12 prompts x 2 samples, top-8) from the tiny model, by the transformers backend."""
+    out = tmp_path_factory.mktemp("train-traces") / "traces"
+    config = GenerateConfig(
+        backend="transformers",
+        teacher=str(tiny_model_dir),
+        dtype="float32",
+        max_model_len=512,
+        logprobs=8,
+        prompts="task:arithmetic",
+        num_prompts=12,
+        instruction=None,
+        num_samples=2,
+        temperature=1.0,
+        max_tokens=24,
+        answer_type="number",
+        keep="all",
+        drop_truncated=False,
+        output_dir=str(out),
+        shard_size=6,
+        batch_prompts=6,
+    )
+    return generate(config, log=lambda *_: None)
+
+
+def recipe(tmp_path: Path, student: Path, traces: Path, **overrides) -> Path:
+    settings = {
+        "model_name_or_path": str(student),
+        "traces": str(traces),
+        "only_correct": False,
+        "use_peft": False,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "gradient_checkpointing": False,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "output_dir": str(tmp_path / "out"),
+        "seed": 3,
+        **overrides,
+    }
+    path = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml"
+    path.write_text(json.dumps(settings))  # JSON is YAML
+    return path
+
+
+def run(path: Path, *overrides: str) -> Path:
+    return train(*parse_recipe(path, (ModelConfig, DistillConfig), list(overrides)))
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    name = (
+        "adapter_model.safetensors"
+        if (directory / "adapter_model.safetensors").exists()
+        else "model.safetensors"
+    )
+    return load_file(directory / name)
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)
+
+
+def test_collator_aligns_stored_topk_with_labels(trace_dir, tiny_model_dir):
+    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+    records = [dataset[i] for i in range(3)]
+    batch = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)(records)
+    for b, record in enumerate(records):
+        prompt, completion = record["prompt_token_ids"], record["completion_token_ids"]
+        p, c = len(prompt), len(completion)
+        assert batch["input_ids"][b, : p + c].tolist() == prompt + completion
+        assert batch["attention_mask"][b].sum() == p + c
+        assert (batch["labels"][b, :p] == -100).all() and (batch["labels"][b, p + c :] == -100).all()
+        assert batch["labels"][b, p : p + c].tolist() == completion
+        ids, logprobs = read_topk(record)
+        assert batch["topk_ids"][b, p : p + c].tolist() == ids.tolist()
+        np.testing.assert_array_equal(batch["topk_logprobs"][b, p : p + c].numpy(), logprobs)
+        assert (
+            torch.isinf(batch["topk_logprobs"][b, :p]).all()
+            and torch.isinf(batch["topk_logprobs"][b, p + c :]).all()
+        )
+        assert batch["prompt_lengths"][b] == p
+    # truncation keeps the prompt and cuts the completion and its targets together
+    short = TopKCollator(
+        pad_token_id=0,
+        k=info.k,
+        student_vocab_size=info.vocab_size,
+        max_length=len(records[0]["prompt_token_ids"]) + 2,
+    )
+    cut = short(records[:1])
+    assert cut["input_ids"].shape[1] == len(records[0]["prompt_token_ids"]) + 2
+    assert (cut["labels"][0] != -100).sum() == 2
+
+
+def test_student_with_smaller_embedding_masks_padding_ids(trace_dir, demo_tokenizer):
+    """Qwen2.5-0.5B (151936 rows) under a 7B teacher (152064): ids past the student's rows go to the tail."""
+    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+    student_rows = len(demo_tokenizer)  # the teacher's embedding is padded to a multiple of 64 past it
+    # a trained teacher never samples its padding rows; this random one may, so keep the records that don't
+    records = [r for r in dataset if max(r["completion_token_ids"]) < student_rows]
+    assert len(records) >= 2
+    full = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)(records)
+    assert (full["topk_ids"] >= student_rows).any(), "the random teacher should rank some padding ids"
+    small = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=student_rows)(records)
+    kept = torch.isfinite(small["topk_logprobs"])
+    assert (small["topk_ids"][kept] < student_rows).all()
+    # masked ranks trail, and the remaining entries are exactly the full row's in-vocabulary ones
+    assert not (kept[..., 1:] & ~kept[..., :-1]).any()
+    for b, t in torch.nonzero(torch.isfinite(full["topk_logprobs"][..., 0])).tolist():
+        inside = full["topk_ids"][b, t] < student_rows
+        assert small["topk_ids"][b, t][kept[b, t]].tolist() == full["topk_ids"][b, t][inside].tolist()
+
+
+def test_tokenizer_mismatch_is_refused_before_training(tmp_path, trace_dir, tiny_model_dir):
+    from reasondistill.demo_models.factory import build_model
+    from reasondistill.demo_models.tokenizer import train_tokenizer
+
+    other = train_tokenizer(["1 + 2 = 3", "hello world"] * 50, vocab_size=300)
+    student = tmp_path / "other-student"
+    build_model("student", other).save_pretrained(student)
+    other.save_pretrained(student)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        run(recipe(tmp_path, student, trace_dir))
+    assert not (tmp_path / "out").exists()
+
+
+def test_trainer_loss_equals_reference_on_full_logits(tmp_path, trace_dir, tiny_model_dir):
+    """compute_loss (distillation head, chunked, shifted) == the plain loss on the model's full logits."""
+    model_args, args = parse_recipe(
+        recipe(
+            tmp_path,
+            tiny_model_dir,
+            trace_dir,
+            ce_weight=0.7,
+            kd_weight=1.3,
+            temperature=2.0,
+            loss_chunk_size=7,
+        ),
+        (ModelConfig, DistillConfig),
+    )
+    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    collator = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)
+    trainer = DistillTrainer(model=model, args=args, data_collator=collator, train_dataset=dataset)
+    batch = collator([dataset[i] for i in range(4)])
+    trainer.model.train()  # the model has no dropout; train mode logs under "train"
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    reference = distillation_loss_from_logits(
+        logits[:, :-1].double(),
+        batch["labels"][:, 1:],
+        batch["topk_ids"][:, 1:],
+        batch["topk_logprobs"][:, 1:].double(),
+        temperature=2.0,
+        ce_weight=0.7,
+        kd_weight=1.3,
+    )
+    torch.testing.assert_close(loss.double(), reference.total, atol=1e-5, rtol=1e-5)
+    assert trainer._metrics["train"]["ce"][-1] == pytest.approx(reference.ce.item(), rel=1e-5)
+    assert trainer._metrics["train"]["kd"][-1] == pytest.approx(reference.kd.item(), rel=1e-5)
+
+
+def test_gradient_accumulation_is_exact(tmp_path, trace_dir, tiny_model_dir):
+    """One step of batch 4 == one step of 2 micro-batches of 2: the loss is per token of the whole batch."""
+    common = dict(max_steps=1, optim="sgd", ce_weight=0.5, kd_weight=1.0)
+    whole = run(recipe(tmp_path, tiny_model_dir, trace_dir, output_dir=str(tmp_path / "a"), **common))
+    parts = run(
+        recipe(
+            tmp_path,
+            tiny_model_dir,
+            trace_dir,
+            output_dir=str(tmp_path / "b"),
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            **common,
+        )
+    )
+    assert_same_weights(whole, parts, atol=1e-6)
+    assert not torch.equal(
+        weights(whole)["model.norm.weight"],
+        load_file(tiny_model_dir / "model.safetensors")["model.norm.weight"],
+    )
+
+
+def test_lora_run_saves_adapter_merged_model_and_logs(tmp_path, trace_dir, tiny_model_dir):
+    out = run(
+        recipe(
+            tmp_path,
+            tiny_model_dir,
+            trace_dir,
+            use_peft=True,
+            lora_r=4,
+            lora_alpha=8,
+            lora_target_modules=["q_proj", "v_proj", "up_proj"],
+            save_merged_model=True,
+            report_to="tensorboard",
+            max_steps=3,
+        )
+    )
+    assert (out / "adapter_config.json").exists() and (out / RECIPE_FILE).exists()
+    assert list(out.rglob("events.out.tfevents.*")), "TensorBoard logs by default"
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, out).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / MERGED_DIR, dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 17, 33, 2, 9, 40]])
+    with torch.no_grad():
+        expected, got = with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits
+        untrained = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(
+            input_ids=ids
+        ).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)  # merge in float32 == base + adapter
+    assert (got - untrained).abs().max() > 1e-3, "the adapter changed the model"
+
+
+def test_resume_from_checkpoint_continues_bit_for_bit(tmp_path, trace_dir, tiny_model_dir):
+    common = dict(
+        max_steps=4,
+        per_device_train_batch_size=3,
+        use_peft=True,
+        lora_r=4,
+        lora_dropout=0.1,
+        lora_target_modules=["q_proj", "v_proj"],
+        save_strategy="steps",
+        save_steps=2,
+    )
+    straight = run(
+        recipe(tmp_path, tiny_model_dir, trace_dir, output_dir=str(tmp_path / "straight"), **common)
+    )
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(straight / "checkpoint-2", resumed_dir / "checkpoint-2")
+    resumed = run(
+        recipe(tmp_path, tiny_model_dir, trace_dir, output_dir=str(resumed_dir), **common),
+        "--resume_from_checkpoint",
+        "last",
+    )
+    assert_same_weights(straight, resumed)
+    state = json.loads((resumed / "checkpoint-4" / "trainer_state.json").read_text())
+    straight_state = json.loads((straight / "checkpoint-4" / "trainer_state.json").read_text())
+    assert [h["loss"] for h in state["log_history"] if "loss" in h] == [
+        h["loss"] for h in straight_state["log_history"] if "loss" in h
+    ]
+
+
+def test_on_policy_steps_score_student_samples_with_the_teacher(
+    tmp_path, trace_dir, tiny_model_dir, demo_tokenizer
+):
+    from reasondistill.demo_models.factory import build_model
+
+    teacher_dir = tmp_path / "teacher"  # another random model of the same tokenizer, so the KL is not 0
+    build_model("student", demo_tokenizer, seed=7).save_pretrained(teacher_dir)
+    demo_tokenizer.save_pretrained(teacher_dir)
+    model_args, args = parse_recipe(
+        recipe(
+            tmp_path,
+            tiny_model_dir,
+            trace_dir,
+            lmbda=1.0,
+            teacher_model=str(teacher_dir),
+            on_policy_topk=8,
+            on_policy_max_new_tokens=6,
+        ),
+        (ModelConfig, DistillConfig),
+    )
+    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    collator = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)
+    trainer = DistillTrainer(
+        model=student, args=args, data_collator=collator, teacher=teacher, train_dataset=dataset
+    )
+    offline = collator([dataset[i] for i in range(3)])
+    torch.manual_seed(0)
+    online = trainer.on_policy_batch(offline)
+    assert online["prompt_lengths"].tolist() == offline["prompt_lengths"].tolist()
+    for b, p in enumerate(online["prompt_lengths"].tolist()):
+        assert online["input_ids"][b, :p].tolist() == offline["input_ids"][b, :p].tolist()
+        n = int((online["labels"][b] != -100).sum())
+        assert 1 <= n <= 6
+        tokens = online["input_ids"][b, : p + n]
+        with torch.no_grad():  # brute force: the teacher's full distribution at each sampled token
+            logprobs = torch.log_softmax(teacher(input_ids=tokens[None]).logits[0].double(), -1)
+        top = logprobs[p - 1 : p - 1 + n].topk(8)
+        torch.testing.assert_close(
+            online["topk_logprobs"][b, p : p + n].double(), top.values, atol=1e-5, rtol=0
+        )
+        assert online["topk_ids"][b, p : p + n].tolist() == top.indices.tolist()
+    out = train(model_args, args)
+    logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "kd" in h]
+    assert len(logs) == 2 and all(
+        h["on_policy"] == 1.0 and np.isfinite(h["kd"]) and h["kd"] > 0 for h in logs
+    )
+
+
+@pytest.mark.slow
+def test_accelerate_two_processes_match_one_process(tmp_path, trace_dir, tiny_model_dir):
+    """DDP on gloo: 2 processes x batch 2 == 1 process x batch 4 after one SGD step (same data and loss)."""
+    common = dict(max_steps=1, optim="sgd", use_cpu=True)
+    single = run(recipe(tmp_path, tiny_model_dir, trace_dir, output_dir=str(tmp_path / "one"), **common))
+    two = recipe(
+        tmp_path,
+        tiny_model_dir,
+        trace_dir,
+        output_dir=str(tmp_path / "two"),
+        per_device_train_batch_size=2,
+        **common,
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "recipes/accelerate/cpu_ddp.yaml"),
+        "-m",
+        "reasondistill.train",
+        str(two),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "on 2 processes" in done.stdout
+    assert_same_weights(single, tmp_path / "two", atol=1e-6)
