@@ -5,22 +5,28 @@ to the stage's command) and reads the previous stage's artifact from disk:
 
 1. teacher.yaml  -> build (or reuse) the demo teacher            -> model directory
 2. generate.yaml -> sample verified traces from it with vLLM     -> trace dataset
+3. students.yaml + train.yaml -> SFT-only and CE + KD students, several seeds, scored on held-out
+   problems and held-out teacher traces                         -> model directories + summary.json
 
-Distillation, 4-bit export and the evaluation report append themselves here as they land.
+4-bit export and the evaluation report append themselves here as they land.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from reasondistill.demo_models.teacher import BUILD_INFO_FILE, TeacherConfig, train_teacher
+from reasondistill.demo_models.scoring import task_scores
+from reasondistill.demo_models.students import StudentsConfig, summary_table, train_students
+from reasondistill.demo_models.teacher import BUILD_INFO_FILE, TeacherConfig, load_teacher, train_teacher
 from reasondistill.generate import generate
 from reasondistill.generate_config import GenerateConfig
 from reasondistill.recipe import parse_recipe
+from reasondistill.tasks.arithmetic import generate_problems
 from reasondistill.traces import trace_totals
 
 
@@ -32,9 +38,10 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         (GenerateConfig,),
         ["--teacher", str(teacher_config.directory())],
     )
+    (students_config,) = parse_recipe(recipe_path.parent / "students.yaml", (StudentsConfig,))
     torch.set_num_threads(os.cpu_count() or 1)
 
-    print(f"[1/2] demo teacher ({recipe_path})")
+    print(f"[1/3] demo teacher ({recipe_path})")
     teacher_dir = train_teacher(teacher_config)
     info = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())
     print(
@@ -45,7 +52,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"  built in {info['build_seconds']} s"
     )
 
-    print(f"[2/2] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
+    print(f"[2/3] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
     # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
     generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
     traces_dir = generate(generate_config)
@@ -59,5 +66,35 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"  top-{generate_config.logprobs} logprobs stored at "
         f"{totals['bytes_per_completion_token']} bytes/token"
     )
-    print("The demo stops here: distillation, 4-bit export and the evaluation report are not built yet.")
+
+    print(
+        f"[3/3] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)"
+    )
+    # Held-out traces: the teacher on test-split prompts (transformers backend: no second vLLM start).
+    (heldout_config,) = parse_recipe(
+        recipe_path.parent / "generate.yaml",
+        (GenerateConfig,),
+        ["--teacher", str(teacher_dir), "--backend", "transformers", "--prompt_split", "test"]
+        + ["--num_prompts", str(students_config.heldout_prompts), "--num_samples", "1", "--keep", "all"]
+        + ["--output_dir", str(Path(generate_config.output_dir).parent / f"{teacher_dir.name}-heldout")],
+    )
+    heldout_dir = generate(heldout_config)
+    results = train_students(
+        students_config, recipe_path.parent / "train.yaml", teacher_dir, traces_dir, heldout_dir
+    )
+    teacher, tokenizer = load_teacher(teacher_dir)
+    problems = generate_problems("test", students_config.test_problems, students_config.test_levels, seed=1)
+    teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
+    table = summary_table(results, teacher_accuracy, teacher_steps)
+    summary = Path(students_config.output_dir) / teacher_dir.name / "summary.json"
+    summary.write_text(
+        json.dumps(
+            {"teacher": [teacher_accuracy, teacher_steps], "students": [asdict(r) for r in results]}, indent=2
+        )
+    )
+    print(
+        f"students on {len(problems)} held-out problems (greedy) and {heldout_dir} "
+        f"(mean ± sd over seeds {students_config.seeds}):\n{table}\n  details: {summary}"
+    )
+    print("The demo stops here: 4-bit export and the evaluation report are not wired in yet.")
     return 0

@@ -57,7 +57,7 @@ def gen_temperature(info: TraceInfo) -> float:
 
 
 def load_trace_dataset(trace_dir: str, only_correct: bool, max_length: int | None):
-    """(dataset of TRAIN_COLUMNS, TraceInfo, dropped-row counts) from a complete trace directory.
+    """(dataset of TRAIN_COLUMNS + length, TraceInfo, dropped-row counts) from a complete trace directory.
 
     Records longer than `max_length` keep their prompt and lose the end of the completion (the collator
     truncates); records whose prompt alone fills `max_length` are dropped and counted.
@@ -75,7 +75,14 @@ def load_trace_dataset(trace_dir: str, only_correct: bool, max_length: int | Non
         dropped["prompt_too_long"] = before - len(dataset)
     if len(dataset) == 0:
         raise ValueError(f"{trace_dir}: no training records left (dropped: {dropped}); check the traces")
-    return dataset.select_columns(list(TRAIN_COLUMNS)), info, dropped
+    dataset = dataset.select_columns(list(TRAIN_COLUMNS)).map(
+        lambda prompts, completions: {
+            "length": [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+        },
+        input_columns=["prompt_token_ids", "completion_token_ids"],
+        batched=True,
+    )  # for train_sampling_strategy: group_by_length (less padding)
+    return dataset, info, dropped
 
 
 @dataclass

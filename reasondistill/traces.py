@@ -569,7 +569,15 @@ def load_traces(out_dir: str | Path, **load_kwargs) -> datasets.Dataset:
             "re-run `reasondistill generate` with the same recipe and output directory to finish them"
         )
     info = read_info(out_dir)
-    for path in found.values():
-        info.check_compatible(_footer(path)[0], str(path))
-    files = [str(found[i]) for i in range(count)]
+    files = []
+    for i in range(count):
+        shard_info, shard, _ = _footer(found[i])
+        info.check_compatible(shard_info, str(found[i]))
+        if shard["records"]:  # a shard whose samples were all filtered out is valid but has no rows to read
+            files.append(str(found[i]))
+    if not files:
+        raise TraceFormatError(
+            f"{out_dir} holds no records: every sample was filtered out (counts by reason in its README.md); "
+            "generate from more prompts, or relax keep / drop_truncated / max_tokens"
+        )
     return datasets.load_dataset("parquet", data_files=files, split="train", **load_kwargs)

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,9 @@ def test_shipped_demo_recipe_parses():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
-    """`reasondistill demo` with tiny recipes: teacher build, then vLLM traces from it."""
-    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes/demo/generate.yaml").read_text())
+    """`reasondistill demo` with tiny recipes: teacher build, vLLM traces from it, two students."""
+    demo = Path(__file__).resolve().parents[1] / "recipes/demo"
+    shipped = yaml.safe_load((demo / "generate.yaml").read_text())
     recipe = tmp_path / "teacher.yaml"
     recipe.write_text(
         yaml.safe_dump(
@@ -78,17 +80,35 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
         )
     )
     (tmp_path / "generate.yaml").write_text(
-        yaml.safe_dump({**shipped, "num_prompts": 6, "max_tokens": 30, "keep": "all", "shard_size": 3})
+        yaml.safe_dump(
+            {
+                **shipped,
+                "num_prompts": 6,
+                "max_tokens": 30,
+                "keep": "all",
+                "drop_truncated": False,
+                "shard_size": 3,
+            }
+        )
+    )
+    train = yaml.safe_load((demo / "train.yaml").read_text())
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({**train, "only_correct": False, "max_steps": 3}))
+    students = yaml.safe_load((demo / "students.yaml").read_text())
+    (tmp_path / "students.yaml").write_text(
+        yaml.safe_dump({**students, "seeds": [0], "test_problems": 4, "heldout_prompts": 4})
     )
     result = run_cli("demo", str(recipe), "--seed", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out accuracy" in result.stdout and "parameters" in result.stdout
     assert "traces kept of 12 sampled" in result.stdout
-    assert "not built yet" in result.stdout  # says plainly where the demo stops
+    assert "| sft | 1 |" in result.stdout and "| kd | 1 |" in result.stdout
+    assert "The demo stops here" in result.stdout  # says plainly where the demo stops
     teacher_dir = next((tmp_path / "cache").glob("demo-student-*"))
     assert (teacher_dir / "model.safetensors").exists()
     traces = tmp_path / shipped["output_dir"] / teacher_dir.name
     assert (traces / "README.md").exists() and len(list(traces.glob("data/*.parquet"))) == 2
+    summary = json.loads((tmp_path / students["output_dir"] / teacher_dir.name / "summary.json").read_text())
+    assert [(s["method"], s["seed"]) for s in summary["students"]] == [("sft", 0), ("kd", 0)]
 
 
 @pytest.mark.parametrize(
@@ -103,3 +123,20 @@ def test_shipped_generate_recipes_parse(recipe):
         path, (GenerateConfig,), ["--teacher", "some/teacher"] if "demo" in recipe else []
     )
     assert config.logprobs == 20 and config.keep == "correct"
+
+
+@pytest.mark.parametrize(
+    "recipe", ["recipes/demo/train.yaml", "recipes/DeepSeek-R1-Distill-Qwen-1.5B/distill/config_gsm8k.yaml"]
+)
+def test_shipped_train_recipes_parse(recipe):
+    from trl import ModelConfig
+
+    from reasondistill.recipe import parse_recipe
+    from reasondistill.train_config import DistillConfig
+
+    path = Path(__file__).resolve().parents[1] / recipe
+    # bf16 recipes are for GPUs; parsing them here checks every key and type, not the hardware
+    overrides = ["--model_name_or_path", "some/student"] if "demo" in recipe else ["--no_bf16"]
+    model_args, args = parse_recipe(path, (ModelConfig, DistillConfig), overrides)
+    assert args.kd_weight == 1.0 and args.ce_weight == 1.0 and args.traces
+    assert model_args.use_peft == ("demo" not in recipe)

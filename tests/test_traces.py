@@ -159,6 +159,22 @@ def test_empty_shard_counts_as_done(tmp_path):
     assert "| stats.dropped_wrong_answer | 12 |" in (tmp_path / "README.md").read_text()
 
 
+def test_shards_filtered_to_nothing_are_skipped_and_an_empty_dataset_is_named(tmp_path):
+    """keep=correct on a hard benchmark can empty a whole shard; datasets cannot read 0-row Parquet."""
+    info = make_info(4, 1000)
+    traces.write_shard(tmp_path, 0, 2, [], info, {"dropped_wrong_answer": 6})
+    with pytest.raises(traces.TraceFormatError, match="incomplete"):
+        traces.load_traces(tmp_path)
+    traces.write_shard(tmp_path, 1, 2, make_records(np.random.default_rng(0), 4, 1000), info, {})
+    traces.write_card(tmp_path, info)
+    assert traces.load_traces(tmp_path).num_rows == 6
+    empty = tmp_path / "empty"
+    traces.write_shard(empty, 0, 1, [], info, {"dropped_wrong_answer": 6})
+    traces.write_card(empty, info)
+    with pytest.raises(traces.TraceFormatError, match="no records: every sample was filtered out"):
+        traces.load_traces(empty)
+
+
 def test_logprob_codes_error_bound_on_every_rank():
     rng = np.random.default_rng(2)
     lps = -np.sort(rng.exponential(8.0, size=(20000, 20)), axis=1).astype(np.float32)

@@ -3,8 +3,8 @@
 On models of a few million parameters exact-match accuracy moves in large discrete jumps and is too
 noisy to separate training methods, so the demo also reports
 
-- step accuracy: the share of the gold worked solution's lines (`ones: 4+3=7, write 7`, `so 54+34=88`)
-  that the greedy completion reproduces at the same line position, averaged over problems;
+- step accuracy: the share of correct arithmetic facts (`4+3=7` in `ones: 4+3=7, write 7`) among those
+  the greedy completion states in its reasoning, averaged over problems (`step_accuracy`);
 - held-out CE and KD: the per-token cross-entropy on, and the divergence to, a teacher's held-out
   traces (the training objective's two terms, on traces no student saw).
 """
@@ -22,6 +22,7 @@ from reasondistill.losses import distillation_loss_from_logits
 from reasondistill.tasks.arithmetic import Problem
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+EQUATION = re.compile(r"(\d+)([-+*])(\d+)=(\d+)")
 
 
 @torch.no_grad()
@@ -56,12 +57,28 @@ def is_correct(text: str, problem: Problem) -> bool:
     return text.rstrip().endswith(f"\\boxed{{{problem.answer}}}.")
 
 
+def task_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[Problem]):
+    """(exact-match accuracy, step accuracy) of greedy completions, averaged over problems."""
+    texts = greedy_completions(model, tokenizer, problems)
+    count = len(problems)
+    return sum(map(is_correct, texts, problems)) / count, sum(map(step_accuracy, texts, problems)) / count
+
+
+def _equations(text: str) -> list[tuple[int, str, int, int]]:
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in EQUATION.findall(text)]
+
+
 def step_accuracy(text: str, problem: Problem) -> float:
-    """Share of the gold reasoning lines the completion's reasoning has at the same position."""
+    """Share of correct arithmetic facts (`a+b=c`, `a-b=c`, `a*b=c`) in the completion's reasoning.
+
+    Each stated fact is checked on its own (a fact right after an earlier slip still counts), divided
+    by the larger of the facts stated and the facts the gold solution states, so stopping early does
+    not score and wrong extra facts count against.
+    """
     found = THINK.search(text)
-    lines = [line.strip() for line in (found.group(1) if found else "").strip().split("\n")]
-    gold = problem.reasoning.split("\n")
-    return sum(a == b for a, b in zip(lines, gold, strict=False)) / len(gold)
+    stated = _equations(found.group(1) if found else "")
+    correct = sum(c == (a + b if op == "+" else a - b if op == "-" else a * b) for a, op, b, c in stated)
+    return correct / max(len(stated), len(_equations(problem.reasoning)), 1)
 
 
 @dataclass

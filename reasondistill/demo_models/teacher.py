@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.demo_models.factory import MODEL_SIZES, build_model, count_parameters
-from reasondistill.demo_models.scoring import greedy_completions, is_correct
+from reasondistill.demo_models.scoring import task_scores
 from reasondistill.demo_models.tokenizer import CHAT_TEMPLATE, train_tokenizer
 from reasondistill.tasks.arithmetic import Problem, generate_problems
 
@@ -124,12 +124,6 @@ def token_budget_batches(
             yield ids, labels
 
 
-def greedy_accuracy(model, tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) -> float:
-    """Share of problems whose greedy completion ends in \\boxed{gold answer}."""
-    texts = greedy_completions(model, tokenizer, problems)
-    return sum(map(is_correct, texts, problems)) / len(problems)
-
-
 def train_teacher(config: TeacherConfig, log=print) -> Path:
     """Build (or reuse) the demo teacher and return its model directory."""
     out_dir = config.directory()
@@ -186,7 +180,7 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
             point = {
                 "step": step + 1,
                 "loss": round(float(loss_sum) / window, 4),
-                "heldout_accuracy_100": greedy_accuracy(model, tokenizer, test[:100]),
+                "heldout_accuracy_100": task_scores(model, tokenizer, test[:100])[0],
                 "answer_tokens_per_s": round(answer_tokens / train_seconds),
                 "elapsed_s": round(time.time() - started),
             }
@@ -194,7 +188,7 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
             log(json.dumps(point))
             loss_sum, answer_tokens, train_seconds = torch.zeros(()), 0, 0.0
 
-    accuracy = greedy_accuracy(model, tokenizer, test)
+    accuracy = task_scores(model, tokenizer, test)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

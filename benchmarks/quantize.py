@@ -1,0 +1,123 @@
+"""Size, memory, speed and accuracy of every compressed artifact, and the prune half of prune-distil-quantize.
+
+    .venv/bin/python benchmarks/quantize.py [--model DIR] [--num-problems 100] [--output-dir DIR]
+
+Three tables, each printed as it finishes:
+
+1. The demo student to compress (default: the cached demo teacher, 3.3M parameters, whose accuracy is
+   meaningful): every hardware profile (GGUF F16 / Q8_0 / Q4_0 / Q4_K_M, bitsandbytes NF4 and int8) against
+   the float32 model: size, % of bf16 size, peak memory, tokens/s, greedy pass@1 on the demo task and
+   accuracy kept.
+2. A randomly initialised 12-layer x 512 Qwen2 (36M parameters), size and speed only: at the demo size the
+   embedding, norms and per-process overhead hide what 4 bits save; here the layers dominate.
+3. Pruning the same model (4 -> 3 layers, MLP 768 -> 512): parameters, size and accuracy before
+   distillation; `reasondistill train` then distils it back (docs/quantize.md).
+
+GGUF rows run in llama.cpp when llama-cpp-python is installed (Q4_K_M needs it), else in transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from reasondistill.demo_models.factory import ModelSize, build_model
+from reasondistill.evaluate import ModelSpec, evaluate_models, model_size_bytes
+from reasondistill.llamacpp_engine import llama_cpp_available
+from reasondistill.measure import parameter_count
+from reasondistill.prune import PruneConfig, prune_model
+from reasondistill.quantize import build_artifacts, format_table, measure_artifacts
+from reasondistill.quantize_config import QuantizeConfig
+
+LARGE = ModelSize(
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+)
+
+
+def default_model() -> str:
+    teachers = sorted(Path(".cache/reasondistill").glob("demo-teacher-*/demo_build.json"))
+    if not teachers:
+        raise SystemExit("no cached demo teacher: run `reasondistill demo` first or pass --model DIR")
+    return str(teachers[-1].parent)
+
+
+def compress(model: str, out: Path, profiles: list[str], **settings) -> list[dict]:
+    config = QuantizeConfig(model=model, output_dir=str(out), profiles=profiles, **settings)
+    reference, artifacts = build_artifacts(config, log=lambda _: None)
+    rows, _ = measure_artifacts(reference, artifacts, config, log=lambda _: None)
+    print(format_table(rows), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="model directory to compress (default: cached teacher)")
+    parser.add_argument("--num-problems", type=int, default=100)
+    parser.add_argument("--output-dir", default="outputs/bench-quantize")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    model, out = args.model or default_model(), Path(args.output_dir)
+    profiles = ["gguf-f16", "gguf-q8", "gguf-q4", "nf4", "int8"]
+    profiles += ["gguf-q4km"] if llama_cpp_available() else []
+    results = {}
+
+    print(f"\n## 1. {model}: greedy pass@1 on the first {args.num_problems} demo-task test problems\n")
+    results["demo"] = compress(
+        model, out / "demo", profiles, num_problems=args.num_problems, threads=args.threads
+    )
+
+    print("\n## 2. random Qwen2, 12 layers x 512 (size and speed only)\n")
+    from transformers import AutoTokenizer
+
+    large = out / "random-12x512"
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    build_model(LARGE, tokenizer, seed=0).save_pretrained(large)
+    tokenizer.save_pretrained(large)
+    print(f"{parameter_count(large):,} parameters")
+    results["large"] = compress(str(large), out / "large", profiles, benchmark=None, threads=args.threads)
+
+    print("\n## 3. pruning (before distillation)\n")
+    pruned_dir = out / "pruned"
+    pruned, pruned_tokenizer, info = prune_model(
+        PruneConfig(model=model, num_layers=3, intermediate_size=512)
+    )
+    pruned.save_pretrained(pruned_dir)
+    pruned_tokenizer.save_pretrained(pruned_dir)
+    from reasondistill.evaluate_config import EvaluateConfig
+
+    config = EvaluateConfig(
+        backend="transformers",
+        dtype="float32",
+        max_model_len=1024,
+        num_samples=1,
+        temperature=0.0,
+        num_problems=args.num_problems,
+    )
+    runs = evaluate_models(
+        [ModelSpec(model, "original"), ModelSpec(str(pruned_dir), "pruned")],
+        ["arithmetic"],
+        config,
+        log=lambda _: None,
+    )
+    print(
+        "| model | layers | MLP width | parameters | size MB | pass@1 |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: |"
+    )
+    shapes = {"original": (4, 768, info["parameters_before"]), "pruned": (3, 512, info["parameters_after"])}
+    for run in runs:
+        layers, width, params = shapes[run.model]
+        print(
+            f"| {run.model} | {layers} | {width} | {params:,} | {model_size_bytes(run.model_path) / 1e6:.2f} "
+            f"| {run.metrics['pass@1']['value']:.1%} |"
+        )
+    results["prune"] = {"info": info, "pass@1": {run.model: run.metrics["pass@1"]["value"] for run in runs}}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

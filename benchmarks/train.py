@@ -1,0 +1,233 @@
+"""Cost of distillation training on this machine: step time and peak memory, as ratios.
+
+    .venv/bin/python benchmarks/train.py [--steps 30] [--tokens 2048] [--vocab 152064]
+
+Needs the demo teacher and its traces (run `reasondistill demo` once). Every case runs in its own
+subprocess, so its peak resident memory (ru_maxrss) is its own; "peak extra" is that peak minus the
+resident memory just before the measured work began.
+
+Table 1, on the demo models (student 4 x 128 from random weights, teacher 3.3M), same traces and
+batches: our trainer with CE only (kd_weight 0), with CE + top-k KL (targets read from the traces),
+and TRL's GKDTrainer (lmbda 0: the same off-policy traces, teacher run live, forward KL, beta 0).
+
+Table 2, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
+backward through the lm_head: plain CE on full logits, a naive dense top-k KL (targets scattered into
+a [N, V] distribution, as simple implementations do), ours on full logits, ours chunked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def demo_paths() -> tuple[Path, Path]:
+    teachers = sorted((REPO / ".cache/reasondistill").glob("demo-teacher-*/demo_build.json"))
+    if not teachers:
+        sys.exit("no demo teacher: run `reasondistill demo` first")
+    teacher = teachers[-1].parent
+    traces = REPO / "outputs/demo/traces" / teacher.name
+    if not (traces / "README.md").exists():
+        sys.exit(f"no demo traces at {traces}: run `reasondistill demo` first")
+    return teacher, traces
+
+
+def trainer_case(case: str, steps: int, batch: int, out: Path) -> dict:
+    """Train the demo student for `steps` steps; median step time after 3 warm-up steps, peak extra."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from reasondistill.demo_models.factory import build_model
+    from reasondistill.train_config import DistillConfig
+
+    teacher_dir, traces = demo_paths()
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    student_dir = out / "student"
+    build_model("student", tokenizer, seed=0).save_pretrained(student_dir)
+    tokenizer.save_pretrained(student_dir)
+    common = dict(max_steps=steps, per_device_train_batch_size=batch, seed=0, gradient_checkpointing=False)
+    common |= dict(
+        report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, output_dir=str(out / case)
+    )
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    if case in ("ce", "kd"):
+        from reasondistill.distill_data import TopKCollator, gen_temperature, load_trace_dataset
+        from reasondistill.distill_trainer import DistillTrainer
+
+        args = DistillConfig(traces=str(traces), kd_weight=1.0 if case == "kd" else 0.0, **common)
+        dataset, info, _ = load_trace_dataset(str(traces), True, args.max_length)
+        trainer = DistillTrainer(
+            model=AutoModelForCausalLM.from_pretrained(student_dir),
+            args=args,
+            data_collator=TopKCollator(tokenizer.pad_token_id, info.k, 512, args.max_length),
+            gen_temperature=gen_temperature(info),
+            train_dataset=dataset,
+            callbacks=[StepTimer()],
+        )
+    else:  # TRL's GKD: the teacher runs live on the same traces (rendered as conversations)
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        from reasondistill.traces import load_traces
+
+        records = load_traces(traces).filter(lambda c: c, input_columns="correct")
+        dataset = records.map(
+            lambda q, c: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": c}]},
+            input_columns=["question", "completion"],
+            remove_columns=records.column_names,
+        )
+        args = GKDConfig(lmbda=0.0, beta=0.0, temperature=1.0, max_length=1024, **common)
+        trainer = GKDTrainer(
+            model=AutoModelForCausalLM.from_pretrained(student_dir),
+            teacher_model=AutoModelForCausalLM.from_pretrained(teacher_dir),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
+    before = rss_mib()
+    trainer.train()
+    return {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_mib() - before}
+
+
+def loss_case(case: str, tokens: int, vocab: int, hidden: int, k: int, repeats: int) -> dict:
+    """Forward + backward of one loss on random inputs; best time of `repeats`, peak extra memory."""
+    import torch.nn.functional as F
+
+    from reasondistill.losses import distillation_loss, distillation_loss_from_logits
+
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(tokens, hidden, generator=gen)
+    weight = (torch.randn(vocab, hidden, generator=gen) * hidden**-0.5).requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,), generator=gen)
+    topk_ids = torch.randint(0, vocab, (tokens, k), generator=gen)
+    topk_logprobs = torch.log_softmax(torch.randn(tokens, k + 1, generator=gen) * 3, -1)[:, :k].sort(
+        -1, True
+    )[0]
+    hidden_in = h.requires_grad_()
+
+    def run() -> torch.Tensor:
+        if case == "chunked":
+            return distillation_loss(
+                hidden_in, weight, labels, topk_ids, topk_logprobs, ce_weight=1.0, kd_weight=1.0
+            ).total
+        logits = hidden_in @ weight.T  # [N, V]
+        if case == "plain_ce":
+            return F.cross_entropy(logits, labels)
+        if case == "ours_full_logits":
+            return distillation_loss_from_logits(
+                logits, labels, topk_ids, topk_logprobs, ce_weight=1.0, kd_weight=1.0
+            ).total
+        # naive dense: teacher top-k renormalised and scattered into a [N, V] target
+        target = torch.zeros_like(logits).scatter_(1, topk_ids, torch.softmax(topk_logprobs, -1))
+        logq = torch.log_softmax(logits, -1)
+        kl = (target * (torch.log(target.clamp_min(1e-30)) - logq)).sum(-1).mean()
+        return F.cross_entropy(logits, labels) + kl
+
+    before = rss_mib()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run().backward()
+        best = min(best, time.perf_counter() - start)
+        hidden_in.grad = weight.grad = None
+    return {"step_s": best, "peak_extra_mib": peak_mib() - before}
+
+
+def subprocess_case(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--one", *argv], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"case {argv} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(title: str, rows: dict[str, dict], baseline: str) -> None:
+    base = rows[baseline]
+    print(f"\n{title}\n| case | step (s) | x {baseline} | peak extra (MiB) | x {baseline} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
+            f"{r['peak_extra_mib']:.0f} | {r['peak_extra_mib'] / max(base['peak_extra_mib'], 1):.2f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--vocab", type=int, default=152064)
+    parser.add_argument("--hidden", type=int, default=896)  # Qwen2.5-0.5B
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if args.one:
+        kind, case = args.one[:2]
+        if kind == "trainer":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                result = trainer_case(case, args.steps, args.batch, Path(tmp))
+        else:
+            result = loss_case(case, args.tokens, args.vocab, args.hidden, args.k, repeats=3)
+        print(json.dumps(result))
+        return
+    trainers = {
+        case: subprocess_case("trainer", case, "--steps", str(args.steps)) for case in ("ce", "kd", "gkd")
+    }
+    table(
+        f"Trainer on the demo models ({args.steps} steps x {args.batch} traces; median step after 3 warm-up)",
+        {
+            "CE only (ours, kd_weight 0)": trainers["ce"],
+            "CE + top-k KL (ours)": trainers["kd"],
+            "TRL GKDTrainer (teacher live)": trainers["gkd"],
+        },  # fmt: skip
+        "CE only (ours, kd_weight 0)",
+    )
+    shape = ["--tokens", str(args.tokens), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
+    losses = {
+        case: subprocess_case("loss", case, *shape)
+        for case in ("plain_ce", "naive_dense", "ours_full_logits", "chunked")
+    }  # noqa: E501
+    table(
+        f"Loss forward + backward through the lm_head: N={args.tokens} tokens, V={args.vocab}, "
+        f"H={args.hidden}, k={args.k} (best of 3)",
+        losses,
+        "plain_ce",
+    )
+
+
+if __name__ == "__main__":
+    main()
