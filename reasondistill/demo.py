@@ -7,8 +7,9 @@ to the stage's command) and reads the previous stage's artifact from disk:
 2. generate.yaml -> sample verified traces from it with vLLM     -> trace dataset
 3. students.yaml + train.yaml -> SFT-only and CE + KD students, several seeds, scored on held-out
    problems and held-out teacher traces                         -> model directories + summary.json
-
-4-bit export and the evaluation report append themselves here as they land.
+4. quantize.yaml -> the first seed's KD student as GGUF 4-bit and NF4, measured -> artifacts + table
+5. the same greedy evaluation of teacher, SFT student, KD student and its 4-bit artifacts
+                                                                  -> report (Markdown + plots)
 """
 
 from __future__ import annotations
@@ -23,9 +24,19 @@ import torch
 from reasondistill.demo_models.scoring import task_scores
 from reasondistill.demo_models.students import StudentsConfig, summary_table, train_students
 from reasondistill.demo_models.teacher import BUILD_INFO_FILE, TeacherConfig, load_teacher, train_teacher
+from reasondistill.evaluate import ModelSpec, evaluate_models
 from reasondistill.generate import generate
 from reasondistill.generate_config import GenerateConfig
+from reasondistill.quantize import (
+    REFERENCE,
+    accuracy_config,
+    build_artifacts,
+    format_table,
+    measure_artifacts,
+)
+from reasondistill.quantize_config import QuantizeConfig
 from reasondistill.recipe import parse_recipe
+from reasondistill.report import write_report
 from reasondistill.tasks.arithmetic import generate_problems
 from reasondistill.traces import trace_totals
 
@@ -41,7 +52,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     (students_config,) = parse_recipe(recipe_path.parent / "students.yaml", (StudentsConfig,))
     torch.set_num_threads(os.cpu_count() or 1)
 
-    print(f"[1/3] demo teacher ({recipe_path})")
+    print(f"[1/5] demo teacher ({recipe_path})")
     teacher_dir = train_teacher(teacher_config)
     info = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())
     print(
@@ -52,7 +63,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"  built in {info['build_seconds']} s"
     )
 
-    print(f"[2/3] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
+    print(f"[2/5] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
     # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
     generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
     traces_dir = generate(generate_config)
@@ -67,14 +78,12 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"{totals['bytes_per_completion_token']} bytes/token"
     )
 
-    print(
-        f"[3/3] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)"
-    )
-    # Held-out traces: the teacher on test-split prompts (transformers backend: no second vLLM start).
+    print(f"[3/5] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)")
+    # Held-out traces: the teacher on test-split prompts, for the students' held-out CE and KD.
     (heldout_config,) = parse_recipe(
         recipe_path.parent / "generate.yaml",
         (GenerateConfig,),
-        ["--teacher", str(teacher_dir), "--backend", "transformers", "--prompt_split", "test"]
+        ["--teacher", str(teacher_dir), "--prompt_split", "test"]
         + ["--num_prompts", str(students_config.heldout_prompts), "--num_samples", "1", "--keep", "all"]
         + ["--output_dir", str(Path(generate_config.output_dir).parent / f"{teacher_dir.name}-heldout")],
     )
@@ -96,5 +105,29 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"students on {len(problems)} held-out problems (greedy) and {heldout_dir} "
         f"(mean ± sd over seeds {students_config.seeds}):\n{table}\n  details: {summary}"
     )
-    print("The demo stops here: 4-bit export and the evaluation report are not wired in yet.")
+
+    first = students_config.seeds[0]
+    student = {r.method: Path(r.directory) for r in results if r.seed == first}
+    print(f"[4/5] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
+    (quantize_config,) = parse_recipe(
+        recipe_path.parent / "quantize.yaml",
+        (QuantizeConfig,),
+        ["--model", str(student["kd"])],
+    )
+    quantize_config.output_dir = str(Path(quantize_config.output_dir) / teacher_dir.name)
+    reference, artifacts = build_artifacts(quantize_config)
+    rows, compressed = measure_artifacts(reference, artifacts, quantize_config)
+
+    print(
+        f"[5/5] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems"
+    )
+    others = evaluate_models(
+        [ModelSpec(str(teacher_dir), "teacher"), ModelSpec(str(student["sft"]), "student-sft")],
+        [quantize_config.benchmark],
+        accuracy_config(quantize_config, reference),
+    )
+    for result in compressed:
+        result.model = "student-kd" if result.model == REFERENCE else f"student-kd {result.model}"
+    report = write_report(others + compressed, Path(quantize_config.output_dir) / "report")
+    print(f"{format_table(rows)}\nreport: {report}")
     return 0

@@ -3,7 +3,7 @@
 - **Size**: bytes of the weight files (a GGUF file: its size); compared to the model at 2 bytes per
   parameter (bf16), the size a hub checkpoint ships at.
 - **Memory and speed** run in a fresh (spawned) process per artifact, so one model's memory does not
-  hide another's: peak resident memory of the whole process (`ru_maxrss`, Python and torch included) and
+  hide another's: peak resident memory of the whole process (VmHWM, Python and torch included) and
   the part the model adds (peak minus the resident memory just before loading). Speed is greedy decoding
   of `speed_tokens` tokens at batch 1 after a short warm-up, with the end-of-turn token suppressed so every
   artifact decodes the same number of tokens.
@@ -17,7 +17,6 @@ rounding is measured, the speed is float32's, and the table says so).
 
 from __future__ import annotations
 
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -67,11 +66,15 @@ def parameter_count(model_dir: str | Path) -> int:
     return total
 
 
-def _rss_mb() -> float:
+def _memory_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, from /proc (Linux).
+
+    Not `ru_maxrss`: Linux keeps that across exec, so a spawned child would report its parent's peak.
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    return 0.0
+    raise RuntimeError(f"no {field} in /proc/self/status: memory is measured on Linux only")
 
 
 def _speed_run(path: str, tokenizer_dir: str, new_tokens: int, threads: int) -> dict[str, float]:
@@ -83,7 +86,7 @@ def _speed_run(path: str, tokenizer_dir: str, new_tokens: int, threads: int) -> 
     messages = [{"role": "user", "content": SPEED_QUESTION}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    before = _rss_mb()
+    before = _memory_mb("VmRSS")
     artifact = Artifact("", Path(path))
     if artifact.runtime == "llama.cpp":
         engine = LlamaCppEngine(path, n_ctx=len(prompt_ids) + new_tokens + 8, threads=threads)
@@ -107,7 +110,7 @@ def _speed_run(path: str, tokenizer_dir: str, new_tokens: int, threads: int) -> 
             started = time.perf_counter()
             produced = model.generate(ids, max_new_tokens=new_tokens, **settings).shape[1] - len(prompt_ids)
         elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    peak = _memory_mb("VmHWM")
     return {"tokens_per_s": produced / elapsed, "peak_rss_mb": peak, "model_rss_mb": peak - before}
 
 

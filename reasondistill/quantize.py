@@ -66,15 +66,9 @@ def build_artifacts(
     return reference, artifacts
 
 
-def measure_artifacts(
-    reference: Path, artifacts: list[Artifact], config: QuantizeConfig, log: Callable[[str], None] = print
-) -> tuple[list[dict], list]:
-    """One row per artifact, the reference first: size, memory, speed and (with a benchmark) accuracy.
-
-    Returns (rows, evaluation RunResults) so callers can also write the evaluation report.
-    """
-    bf16_bytes = 2 * parameter_count(reference)
-    eval_config = EvaluateConfig(
+def accuracy_config(config: QuantizeConfig, reference: Path) -> EvaluateConfig:
+    """The evaluation settings accuracy is measured with: greedy, one sample, the reference's tokenizer."""
+    return EvaluateConfig(
         backend=config.eval_backend,
         dtype=config.eval_dtype,
         gpu_memory_utilization=config.gpu_memory_utilization,
@@ -86,6 +80,17 @@ def measure_artifacts(
         max_tokens=config.max_tokens,
         output_dir=str(Path(config.output_dir) / "eval"),
     )
+
+
+def measure_artifacts(
+    reference: Path, artifacts: list[Artifact], config: QuantizeConfig, log: Callable[[str], None] = print
+) -> tuple[list[dict], list]:
+    """One row per artifact, the reference first: size, memory, speed and (with a benchmark) accuracy.
+
+    Returns (rows, evaluation RunResults) so callers can also write the evaluation report.
+    """
+    bf16_bytes = 2 * parameter_count(reference)
+    eval_config = accuracy_config(config, reference)
     rows, results = [], []
     for artifact in [Artifact(REFERENCE, reference), *artifacts]:
         row = size_row(artifact, bf16_bytes)

@@ -65,3 +65,30 @@ def hf_engine(tiny_model_dir):
     from reasondistill.engines import TransformersEngine
 
     return TransformersEngine(engine_config(tiny_model_dir, backend="transformers"))
+
+
+def generate_config(model_dir, out, **overrides):
+    """A small generation run of the tiny model: 6 prompts x 2 samples, top-8, everything kept."""
+    from reasondistill.generate_config import GenerateConfig
+
+    settings = dict(
+        teacher=str(model_dir),
+        dtype="float32",
+        max_model_len=512,
+        gpu_memory_utilization=0.2,
+        logprobs=8,
+        prompts="task:arithmetic",
+        num_prompts=6,
+        instruction=None,
+        num_samples=2,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=24,
+        answer_type="number",
+        keep="all",
+        drop_truncated=False,
+        output_dir=str(out),
+        shard_size=4,
+        batch_prompts=4,
+    )
+    return GenerateConfig(**{**settings, **overrides})

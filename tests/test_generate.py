@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import generate_config
 from transformers import AutoModelForCausalLM
 
 from reasondistill.engines import SamplingConfig
 from reasondistill.generate import generate
-from reasondistill.generate_config import GenerateConfig
 from reasondistill.traces import TraceFormatError, load_traces, read_topk
 
 pytestmark = pytest.mark.slow
@@ -26,30 +26,6 @@ pytestmark = pytest.mark.slow
 LOGPROB_ATOL = 2e-4
 # Stored top-k logprobs are quantised to 1/1024 nat (docs/trace_schema.md): half a step of error.
 STORED_ATOL = 0.5 / 1024 + LOGPROB_ATOL
-
-
-def generate_config(model_dir, out, **overrides) -> GenerateConfig:
-    settings = dict(
-        teacher=str(model_dir),
-        dtype="float32",
-        max_model_len=512,
-        gpu_memory_utilization=0.2,
-        logprobs=8,
-        prompts="task:arithmetic",
-        num_prompts=6,
-        instruction=None,
-        num_samples=2,
-        temperature=1.0,
-        top_p=1.0,
-        max_tokens=24,
-        answer_type="number",
-        keep="all",
-        drop_truncated=False,
-        output_dir=str(out),
-        shard_size=4,
-        batch_prompts=4,
-    )
-    return GenerateConfig(**{**settings, **overrides})
 
 
 def forward_logprobs(model_dir, prompt_ids, completion_ids) -> torch.Tensor:

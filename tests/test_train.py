@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import generate_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from trl import ModelConfig
@@ -24,7 +25,6 @@ from trl import ModelConfig
 from reasondistill.distill_data import TopKCollator, load_trace_dataset
 from reasondistill.distill_trainer import DistillTrainer
 from reasondistill.generate import generate
-from reasondistill.generate_config import GenerateConfig
 from reasondistill.losses import distillation_loss_from_logits
 from reasondistill.recipe import parse_recipe
 from reasondistill.traces import read_topk
@@ -38,24 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 def trace_dir(tmp_path_factory, tiny_model_dir):
     """24 traces (12 prompts x 2 samples, top-8) from the tiny model, by the transformers backend."""
     out = tmp_path_factory.mktemp("train-traces") / "traces"
-    config = GenerateConfig(
-        backend="transformers",
-        teacher=str(tiny_model_dir),
-        dtype="float32",
-        max_model_len=512,
-        logprobs=8,
-        prompts="task:arithmetic",
-        num_prompts=12,
-        instruction=None,
-        num_samples=2,
-        temperature=1.0,
-        max_tokens=24,
-        answer_type="number",
-        keep="all",
-        drop_truncated=False,
-        output_dir=str(out),
-        shard_size=6,
-        batch_prompts=6,
+    config = generate_config(
+        tiny_model_dir, out, backend="transformers", num_prompts=12, shard_size=6, batch_prompts=6
     )
     return generate(config, log=lambda *_: None)
 
