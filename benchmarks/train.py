@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/train.py [--steps 30] [--tokens 2048] [--vocab 152064]
 
 Needs the demo teacher and its traces (run `reasondistill demo` once). Every case runs in its own
-subprocess, so its peak resident memory (ru_maxrss) is its own; "peak extra" is that peak minus the
-resident memory just before the measured work began.
+subprocess; "peak extra" is its peak resident memory during the measured work (VmHWM, reset just
+before) minus its resident memory at that moment.
 
 Table 1, on the demo models (student 4 x 128 from random weights, teacher 3.3M), same traces and
 batches: our trainer with CE only (kd_weight 0), with CE + top-k KL (targets read from the traces),
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,15 +30,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def rss_mib() -> float:
+def status_mib(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def start_peak() -> float:
+    """Reset the peak-RSS mark (VmHWM) to the current RSS and return that; ru_maxrss survives exec."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_mib("VmRSS")
+
+
+def peak_extra(start: float) -> float:
+    return status_mib("VmHWM") - start
 
 
 def demo_paths() -> tuple[Path, Path]:
@@ -113,9 +118,9 @@ def trainer_case(case: str, steps: int, batch: int, out: Path) -> dict:
             processing_class=tokenizer,
             callbacks=[StepTimer()],
         )
-    before = rss_mib()
+    resident = start_peak()
     trainer.train()
-    return {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_mib() - before}
+    return {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_extra(resident)}
 
 
 def loss_case(case: str, tokens: int, vocab: int, hidden: int, k: int, repeats: int) -> dict:
@@ -152,14 +157,14 @@ def loss_case(case: str, tokens: int, vocab: int, hidden: int, k: int, repeats: 
         kl = (target * (torch.log(target.clamp_min(1e-30)) - logq)).sum(-1).mean()
         return F.cross_entropy(logits, labels) + kl
 
-    before = rss_mib()
+    resident = start_peak()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         run().backward()
         best = min(best, time.perf_counter() - start)
         hidden_in.grad = weight.grad = None
-    return {"step_s": best, "peak_extra_mib": peak_mib() - before}
+    return {"step_s": best, "peak_extra_mib": peak_extra(resident)}
 
 
 def subprocess_case(*argv: str) -> dict:

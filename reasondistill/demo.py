@@ -118,9 +118,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     reference, artifacts = build_artifacts(quantize_config)
     rows, compressed = measure_artifacts(reference, artifacts, quantize_config)
 
-    print(
-        f"[5/5] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems"
-    )
+    print(f"[5/5] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
     others = evaluate_models(
         [ModelSpec(str(teacher_dir), "teacher"), ModelSpec(str(student["sft"]), "student-sft")],
         [quantize_config.benchmark],
