@@ -34,13 +34,11 @@ STAGES = {
         "accuracy kept."
     ),
     "demo": (
-        "Run the whole pipeline on CPU with models the project builds itself (no model hub): trains "
-        "or reuses the demo teacher on a synthetic arithmetic task and reports its accuracy."
+        "Run the whole pipeline on CPU with models the project builds itself (no model hub): demo "
+        "teacher -> vLLM traces -> SFT and KD students -> 4-bit -> evaluation report."
     ),
 }
 
-# Stages whose issue has not landed yet. They refuse plainly instead of pretending to work.
-NOT_BUILT: set[str] = set()
 # Stages that also run from command-line flags alone (`reasondistill evaluate --model DIR --benchmark gsm8k`).
 RECIPE_OPTIONAL = {"evaluate", "quantize"}
 
@@ -111,13 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in RECIPE_OPTIONAL and argv[1:2] and argv[1].startswith("-"):
         # No recipe: argparse would otherwise take the first flag's value ("--model DIR") for one.
         args.recipe, overrides = None, argv[1:]
-    if args.stage in NOT_BUILT:
-        print(
-            f"reasondistill {args.stage}: not built yet. This stage is planned (see the issues list and "
-            f"docs/architecture.md) and does nothing in this version.",
-            file=sys.stderr,
-        )
-        return 2
     set_cache_locations(Path(".cache/reasondistill"))
     try:
         return run_stage(args.stage, args.recipe, overrides)

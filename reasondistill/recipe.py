@@ -240,16 +240,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+SECRET_FIELDS = frozenset({"hub_token"})  # written as null by save_resolved_recipe
+
+
 def save_resolved_recipe(configs: Iterable[object], path: str | os.PathLike) -> None:
     """Write the fully resolved settings (every field of every dataclass, after overrides) as YAML,
     so a run directory records exactly what produced it; it must re-parse with parse_recipe to equal configs.
 
-    A key shared by two dataclasses is written once; it must hold the same value in both.
+    A key shared by two dataclasses is written once; it must hold the same value in both. Credentials
+    (SECRET_FIELDS) are written as null: pass them again, or through the environment, to re-run.
     """
     resolved: dict[str, Any] = {}
     for config in configs:
         for field in filter(lambda f: f.init, dataclasses.fields(config)):
-            value = _plain(getattr(config, field.name))
+            # a credential never lands in a run directory someone may share or push
+            value = None if field.name in SECRET_FIELDS else _plain(getattr(config, field.name))
             if resolved.setdefault(field.name, value) != value:
                 raise ValueError(f"cannot save '{field.name}': two dataclasses hold different values for it")
     header = "# Resolved settings of this run (recipe + command-line overrides); re-usable as a recipe.\n"

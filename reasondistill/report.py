@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from reasondistill.decontaminate import Contamination  # noqa: E402
 from reasondistill.evaluate import RunResult  # noqa: E402
@@ -110,13 +110,17 @@ def plot_accuracy_vs_size(results: Sequence[RunResult], path: Path) -> bool:
                 [100 * r.metrics["pass@1"]["ci_high"] - values[i] for i, r in enumerate(runs)],
             ]
         )
-        ax.errorbar(sizes, values, yerr=errors, marker="o", capsize=4, label=benchmark)
-        for run, x, y in zip(runs, sizes, values, strict=True):
-            ax.annotate(run.model, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        # points, not a line: the models are not a series along a size axis
+        ax.errorbar(sizes, values, yerr=errors, marker="o", linestyle="none", capsize=4, label=benchmark)
+        for i, (run, x, y) in enumerate(zip(runs, sizes, values, strict=True)):
+            # neighbours in size are often neighbours in accuracy: stagger their labels vertically
+            ax.annotate(
+                run.model, (x, y), textcoords="offset points", xytext=(5, 5 + 11 * (i % 3)), fontsize=8
+            )
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # "2", "10" instead of "2x10^0"
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide below a decade
     ax.margins(x=0.2)  # room for the labels of the outermost points
     ax.set_xlabel("model size on disk (MB, log scale)")
     ax.set_ylabel("pass@1 (%)")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reasondistill.cli import NOT_BUILT, STAGES, main
+from reasondistill.cli import STAGES, main
 
 SCRIPT = Path(sys.executable).parent / "reasondistill"  # the console script pip installed
 
@@ -28,13 +28,6 @@ def test_each_stage_explains_itself(stage):
     result = run_cli(stage, "--help")
     assert result.returncode == 0
     assert STAGES[stage].split()[0] in result.stdout
-
-
-@pytest.mark.parametrize("stage", sorted(NOT_BUILT))
-def test_unbuilt_stages_refuse_plainly(stage, capsys):
-    assert main([stage, "recipe.yaml"]) == 2
-    err = capsys.readouterr().err
-    assert "not built yet" in err and "success" not in err.lower()
 
 
 def test_demo_recipe_errors_name_key_and_file(tmp_path, capsys):
@@ -62,7 +55,7 @@ def test_shipped_demo_recipe_parses():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
-    """`reasondistill demo` with tiny recipes: teacher build, vLLM traces from it, two students."""
+    """`reasondistill demo` with tiny recipes: teacher, vLLM traces, two students, 4-bit, report."""
     demo = Path(__file__).resolve().parents[1] / "recipes/demo"
     shipped = yaml.safe_load((demo / "generate.yaml").read_text())
     recipe = tmp_path / "teacher.yaml"
@@ -97,18 +90,22 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     (tmp_path / "students.yaml").write_text(
         yaml.safe_dump({**students, "seeds": [0], "test_problems": 4, "heldout_prompts": 4})
     )
+    quantize = yaml.safe_load((demo / "quantize.yaml").read_text())
+    small = {"profiles": ["gguf-q4", "nf4"], "num_problems": 3, "max_tokens": 24, "speed_tokens": 8}
+    (tmp_path / "quantize.yaml").write_text(yaml.safe_dump({**quantize, **small}))
     result = run_cli("demo", str(recipe), "--seed", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out accuracy" in result.stdout and "parameters" in result.stdout
     assert "traces kept of 12 sampled" in result.stdout
     assert "| sft | 1 |" in result.stdout and "| kd | 1 |" in result.stdout
-    assert "The demo stops here" in result.stdout  # says plainly where the demo stops
+    report = tmp_path / quantize["output_dir"] / next((tmp_path / "cache").glob("demo-student-*")).name
+    assert (report / "report" / "report.md").exists() and "| nf4 |" in result.stdout
     teacher_dir = next((tmp_path / "cache").glob("demo-student-*"))
     assert (teacher_dir / "model.safetensors").exists()
     traces = tmp_path / shipped["output_dir"] / teacher_dir.name
     assert (traces / "README.md").exists() and len(list(traces.glob("data/*.parquet"))) == 2
     summary = json.loads((tmp_path / students["output_dir"] / teacher_dir.name / "summary.json").read_text())
-    assert [(s["method"], s["seed"]) for s in summary["students"]] == [("sft", 0), ("kd", 0)]
+    assert sorted((s["method"], s["seed"]) for s in summary["students"]) == [("kd", 0), ("sft", 0)]
 
 
 @pytest.mark.parametrize(

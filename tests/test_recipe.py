@@ -242,6 +242,10 @@ def test_transformers_training_arguments(tmp_path, training_args_type):
 
     save_resolved_recipe([args], tmp_path / "resolved.yaml")
     assert parse_recipe(tmp_path / "resolved.yaml", [training_args_type]) == (args,)
+    # a hub token given on the command line never lands in the run directory
+    (with_token,) = parse_recipe(path, [training_args_type], ["--hub_token", "hf_secret123"])
+    save_resolved_recipe([with_token], tmp_path / "with_token.yaml")
+    assert "hf_secret123" not in (tmp_path / "with_token.yaml").read_text()
 
     bad = write(tmp_path, f"output_dir: {tmp_path}\nlr_scheduler_type: cosin\n", "bad.yaml")
     with pytest.raises(RecipeError, match=r"bad.yaml: key 'lr_scheduler_type' expects one of .*'cosine'"):
