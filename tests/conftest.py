@@ -36,18 +36,14 @@ def tiny_model_dir(tmp_path_factory, demo_tokenizer):
     return directory
 
 
+# The tiny model's engine settings: float32 (what vLLM-CPU runs), a small KV cache, top-8 logprobs.
+TINY_ENGINE = dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.2, logprobs=8, seed=0)
+
+
 def engine_config(model_dir, **overrides):
     from reasondistill.engines import EngineConfig
 
-    settings = dict(
-        teacher=str(model_dir),
-        dtype="float32",
-        max_model_len=512,
-        gpu_memory_utilization=0.2,
-        logprobs=8,
-        seed=0,
-    )
-    return EngineConfig(**{**settings, **overrides})
+    return EngineConfig(**{"teacher": str(model_dir), **TINY_ENGINE, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +69,7 @@ def generate_config(model_dir, out, **overrides):
 
     settings = dict(
         teacher=str(model_dir),
-        dtype="float32",
-        max_model_len=512,
-        gpu_memory_utilization=0.2,
-        logprobs=8,
+        **TINY_ENGINE,
         prompts="task:arithmetic",
         num_prompts=6,
         instruction=None,
