@@ -33,6 +33,14 @@ STAGES = {
         "Merge a LoRA adapter, quantize to 4-bit (bitsandbytes NF4, GGUF) and measure size, speed and "
         "accuracy kept."
     ),
+    "prune": (
+        "Remove decoder layers and MLP channels by their measured effect on calibration sequences: a "
+        "smaller model of the same architecture, to distil back from its teacher."
+    ),
+    "pdq": (
+        "Prune -> distil -> quantize a teacher in one run (three stage recipes), with size and accuracy "
+        "after each step."
+    ),
     "demo": (
         "Run the whole pipeline on CPU with models the project builds itself (no model hub): demo "
         "teacher -> vLLM traces -> SFT and KD students -> 4-bit -> evaluation report."
@@ -40,7 +48,7 @@ STAGES = {
 }
 
 # Stages that also run from command-line flags alone (`reasondistill evaluate --model DIR --benchmark gsm8k`).
-RECIPE_OPTIONAL = {"evaluate", "quantize"}
+RECIPE_OPTIONAL = {"evaluate", "quantize", "prune", "pdq"}
 
 
 def set_cache_locations(cache_dir: Path) -> None:
@@ -72,6 +80,14 @@ def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
         from reasondistill.quantize import run_quantize
 
         return run_quantize(recipe and Path(recipe), overrides)
+    if stage == "prune":
+        from reasondistill.prune import run_prune
+
+        return run_prune(recipe, overrides)
+    if stage == "pdq":
+        from reasondistill.pdq import run_pdq
+
+        return run_pdq(recipe and Path(recipe), overrides)
     if stage == "train":
         from reasondistill.train import run_train
 

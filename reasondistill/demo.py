@@ -8,8 +8,10 @@ to the stage's command) and reads the previous stage's artifact from disk:
 3. students.yaml + train.yaml -> SFT-only and CE + KD students, several seeds, scored on held-out
    problems and held-out teacher traces                         -> model directories + summary.json
 4. quantize.yaml -> the first seed's KD student as GGUF 4-bit and NF4, measured -> artifacts + table
-5. the same greedy evaluation of teacher, SFT student, KD student and its 4-bit artifacts
-                                                                  -> report (Markdown + plots)
+5. pdq.yaml (+ prune.yaml, train.yaml, quantize.yaml) -> the teacher pruned, distilled back on its
+   traces and quantized, measured after each step                 -> model directories + table
+6. one greedy evaluation report of all of them: teacher, SFT and KD students, the pruned and
+   distilled teacher, and their 4-bit artifacts                   -> report (Markdown + plots)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from reasondistill.demo_models.teacher import BUILD_INFO_FILE, TeacherConfig, lo
 from reasondistill.evaluate import ModelSpec, evaluate_models
 from reasondistill.generate import generate
 from reasondistill.generate_config import GenerateConfig
+from reasondistill.pdq import PDQConfig, format_chain, run_chain
 from reasondistill.quantize import (
     REFERENCE,
     accuracy_config,
@@ -52,7 +55,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     (students_config,) = parse_recipe(recipe_path.parent / "students.yaml", (StudentsConfig,))
     torch.set_num_threads(os.cpu_count() or 1)
 
-    print(f"[1/5] demo teacher ({recipe_path})")
+    print(f"[1/6] demo teacher ({recipe_path})")
     teacher_dir = train_teacher(teacher_config)
     info = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())
     print(
@@ -63,7 +66,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"  built in {info['build_seconds']} s"
     )
 
-    print(f"[2/5] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
+    print(f"[2/6] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
     # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
     generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
     traces_dir = generate(generate_config)
@@ -78,7 +81,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"{totals['bytes_per_completion_token']} bytes/token"
     )
 
-    print(f"[3/5] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)")
+    print(f"[3/6] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)")
     # Held-out traces: the teacher on test-split prompts, for the students' held-out CE and KD.
     (heldout_config,) = parse_recipe(
         recipe_path.parent / "generate.yaml",
@@ -108,7 +111,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
 
     first = students_config.seeds[0]
     student = {r.method: Path(r.directory) for r in results if r.seed == first}
-    print(f"[4/5] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
+    print(f"[4/6] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
     (quantize_config,) = parse_recipe(
         recipe_path.parent / "quantize.yaml",
         (QuantizeConfig,),
@@ -118,14 +121,31 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     reference, artifacts = build_artifacts(quantize_config)
     rows, compressed = measure_artifacts(reference, artifacts, quantize_config)
 
-    print(f"[5/5] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
-    others = evaluate_models(
-        [ModelSpec(str(teacher_dir), "teacher"), ModelSpec(str(student["sft"]), "student-sft")],
+    print(f"[5/6] prune -> distil -> quantize the teacher ({recipe_path.parent}/pdq.yaml)")
+    siblings = [
+        f"--{step}_recipe={recipe_path.parent / f'{step}.yaml'}" for step in ("prune", "train", "quantize")
+    ]
+    (pdq_config,) = parse_recipe(
+        recipe_path.parent / "pdq.yaml",
+        (PDQConfig,),
+        ["--teacher", str(teacher_dir), "--traces", str(traces_dir), *siblings],
+    )
+    pdq_config.output_dir = str(Path(pdq_config.output_dir) / teacher_dir.name)
+    chain, chain_results = run_chain(pdq_config)
+    print(format_chain(chain))
+
+    print(f"[6/6] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
+    # the teacher was scored in stage 5 with the same settings; only the SFT student is new here
+    (sft,) = evaluate_models(
+        [ModelSpec(str(student["sft"]), "student-sft")],
         [quantize_config.benchmark],
         accuracy_config(quantize_config, reference),
     )
     for result in compressed:
         result.model = "student-kd" if result.model == REFERENCE else f"student-kd {result.model}"
-    report = write_report(others + compressed, Path(quantize_config.output_dir) / "report")
-    print(f"{format_table(rows)}\nreport: {report}")
+    report = write_report(
+        [*chain_results[:1], sft, *compressed, *chain_results[1:]],
+        Path(quantize_config.output_dir) / "report",
+    )
+    print(f"{format_table(rows)}\n{format_chain(chain)}\nreport: {report}")
     return 0

@@ -4,7 +4,7 @@ The result is a smaller model directory of the same architecture, loadable by tr
 PEFT, which the trainer then distils from the teacher to win back what pruning lost ("prune, distil,
 quantize"):
 
-    python -m reasondistill.prune recipes/demo/prune.yaml --model DIR --num_layers 3 --intermediate_size 512
+    reasondistill prune recipes/demo/prune.yaml --model DIR --num_layers 3 --intermediate_size 512
 
 Both criteria are measured on calibration sequences: prompts from a prompt source plus the model's own
 greedy continuations, so the activations are those of reasoning, not of prompts alone.
@@ -22,7 +22,6 @@ greedy continuations, so the activations are those of reasoning, not of prompts 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,31 +261,31 @@ def prune_model(config: PruneConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
     return model, tokenizer, info
 
 
-def run_prune(recipe: str | None, overrides: list[str]) -> int:
-    (config,) = parse_recipe(recipe, (PruneConfig,), overrides)
+PRUNE_RECIPE_FILE = "prune_recipe.yaml"
+PRUNE_INFO_FILE = "prune_info.json"
+
+
+def save_pruned(config: PruneConfig) -> tuple[Path, dict]:
+    """Prune and write the model directory with `prune_info.json` and the resolved recipe (written last,
+    so its presence marks a finished run)."""
     model, tokenizer, info = prune_model(config)
     out = Path(config.output_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    save_resolved_recipe([config], out / "prune_recipe.yaml")
-    (out / "prune_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    print(
+    (out / PRUNE_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    save_resolved_recipe([config], out / PRUNE_RECIPE_FILE)
+    return out, info
+
+
+def describe(config: PruneConfig, out: Path, info: dict) -> str:
+    return (
         f"pruned {config.model}: {info['parameters_before']:,} -> {info['parameters_after']:,} parameters, "
         f"{info['num_layers']} layers, intermediate_size {info['intermediate_size']}: {out}"
     )
+
+
+def run_prune(recipe: str | None, overrides: list[str]) -> int:
+    (config,) = parse_recipe(recipe, (PruneConfig,), overrides)
+    out, info = save_pruned(config)
+    print(describe(config, out, info))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m reasondistill.prune [RECIPE.yaml] [--key value ...]`; bad input exits 2 with the reason."""
-    args = sys.argv[1:] if argv is None else argv
-    recipe_path = args[0] if args and not args[0].startswith("-") else None
-    try:
-        return run_prune(recipe_path, args[1:] if recipe_path else args)
-    except ValueError as error:  # RecipeError included: the message names the problem and the fix
-        print(f"reasondistill.prune: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

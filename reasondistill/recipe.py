@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import os
 import re
+import tempfile
 import types
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -22,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 from transformers import HfArgumentParser
 
-__all__ = ["RecipeError", "parse_recipe", "save_resolved_recipe"]
+__all__ = ["RecipeError", "matches_saved_recipe", "parse_recipe", "save_resolved_recipe"]
 
 
 class RecipeError(ValueError):
@@ -261,3 +262,15 @@ def save_resolved_recipe(configs: Iterable[object], path: str | os.PathLike) -> 
     Path(path).write_text(
         header + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
+
+
+def matches_saved_recipe(configs: Iterable[object], path: str | os.PathLike) -> bool:
+    """Whether `path` (a run's saved recipe) holds exactly these resolved settings, so that the finished
+    run can be reused instead of repeated."""
+    if not Path(path).is_file():
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        save_resolved_recipe(configs, Path(tmp) / "recipe.yaml")
+        return (Path(tmp) / "recipe.yaml").read_text(encoding="utf-8") == Path(path).read_text(
+            encoding="utf-8"
+        )

@@ -100,6 +100,8 @@ def plot_accuracy_vs_size(results: Sequence[RunResult], path: Path) -> bool:
     if not sized:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    # points carry numbers and a key beside the axes names them: full names collide once models cluster
+    number = {model: i + 1 for i, model in enumerate(_models(sized))}
     for benchmark, runs in _by_benchmark(sized).items():
         runs = sorted(runs, key=lambda r: r.size_bytes)
         sizes = np.array([r.size_bytes / 1e6 for r in runs])
@@ -112,24 +114,34 @@ def plot_accuracy_vs_size(results: Sequence[RunResult], path: Path) -> bool:
         )
         # points, not a line: the models are not a series along a size axis
         ax.errorbar(sizes, values, yerr=errors, marker="o", linestyle="none", capsize=4, label=benchmark)
-        for i, (run, x, y) in enumerate(zip(runs, sizes, values, strict=True)):
-            # neighbours in size are often neighbours in accuracy: stagger their labels vertically
+        # each point's number sits above its interval; points that coincide share one label ("2,3")
+        labels: dict[tuple[float, float], list[str]] = {}
+        for run, x, y, above in zip(runs, sizes, values, values + errors[1], strict=True):
+            labels.setdefault((round(x, 2), round(y, 1), above), []).append(str(number[run.model]))
+        for (x, _, above), numbers in labels.items():
             ax.annotate(
-                run.model, (x, y), textcoords="offset points", xytext=(5, 5 + 11 * (i % 3)), fontsize=8
+                ",".join(numbers),
+                (x, above),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=8,
+                fontweight="bold",
             )
+    key = "\n".join(f"{n:>2}  {model}" for model, n in number.items())
+    ax.text(1.03, 1.0, key, transform=ax.transAxes, va="top", fontsize=8, family="monospace")
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")  # "2", "10" instead of "2x10^0"
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide below a decade
-    ax.margins(x=0.2)  # room for the labels of the outermost points
+    ax.margins(x=0.1)
     ax.set_xlabel("model size on disk (MB, log scale)")
     ax.set_ylabel("pass@1 (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy vs size")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" takes in the key outside the axes
     plt.close(fig)
     return True
 

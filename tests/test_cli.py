@@ -18,9 +18,10 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     result = run_cli("--help")
     assert result.returncode == 0
-    for stage in ("generate", "train", "evaluate", "quantize", "demo"):
+    stages = {"generate", "train", "evaluate", "quantize", "prune", "pdq", "demo"}
+    for stage in stages:
         assert stage in result.stdout
-    assert set(STAGES) == {"generate", "train", "evaluate", "quantize", "demo"}
+    assert set(STAGES) == stages
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -55,7 +56,8 @@ def test_shipped_demo_recipe_parses():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
-    """`reasondistill demo` with tiny recipes: teacher, vLLM traces, two students, 4-bit, report."""
+    """`reasondistill demo` with tiny recipes: teacher, vLLM traces, two students, 4-bit, prune -> distil
+    -> quantize, report."""
     demo = Path(__file__).resolve().parents[1] / "recipes/demo"
     shipped = yaml.safe_load((demo / "generate.yaml").read_text())
     recipe = tmp_path / "teacher.yaml"
@@ -93,6 +95,10 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     quantize = yaml.safe_load((demo / "quantize.yaml").read_text())
     small = {"profiles": ["gguf-q4", "nf4"], "num_problems": 3, "max_tokens": 24, "speed_tokens": 8}
     (tmp_path / "quantize.yaml").write_text(yaml.safe_dump({**quantize, **small}))
+    prune = yaml.safe_load((demo / "prune.yaml").read_text())
+    small = {"intermediate_size": 256, "num_calibration": 4, "calibration_tokens": 8}
+    (tmp_path / "prune.yaml").write_text(yaml.safe_dump({**prune, **small}))
+    (tmp_path / "pdq.yaml").write_text((demo / "pdq.yaml").read_text())
     result = run_cli("demo", str(recipe), "--seed", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out accuracy" in result.stdout and "parameters" in result.stdout
@@ -100,6 +106,11 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     assert "| sft | 1 |" in result.stdout and "| kd | 1 |" in result.stdout
     report = tmp_path / quantize["output_dir"] / next((tmp_path / "cache").glob("demo-student-*")).name
     assert (report / "report" / "report.md").exists() and "| nf4 |" in result.stdout
+    # stage 5 pruned the teacher (4 -> 3 layers), distilled and quantized it; all of it is in the report
+    assert "| quantized | pruned+distilled gguf-q4 | 3 |" in result.stdout
+    pdq = yaml.safe_load((demo / "pdq.yaml").read_text())["output_dir"]
+    assert (tmp_path / pdq / report.name / "pdq.md").exists()
+    assert "pruned+distilled nf4" in (report / "report" / "report.md").read_text()
     teacher_dir = next((tmp_path / "cache").glob("demo-student-*"))
     assert (teacher_dir / "model.safetensors").exists()
     traces = tmp_path / shipped["output_dir"] / teacher_dir.name

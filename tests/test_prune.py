@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reasondistill.prune import PruneConfig, main, prune_model
+from reasondistill.cli import main
+from reasondistill.prune import PruneConfig, prune_model
 
 PROMPT = "<|im_start|>user\nTom has 12 apples and gets 7 more.<|im_end|>\n<|im_start|>assistant\n"
 CALIBRATION = ["--num_calibration", "8", "--calibration_tokens", "8", "--batch_size", "4"]
@@ -46,7 +47,7 @@ def pruned_dir(planted_dir, tmp_path_factory):
         "--intermediate_size",
         "352",
     ]
-    assert main([*args, *CALIBRATION]) == 0
+    assert main(["prune", *args, *CALIBRATION]) == 0
     return out
 
 
@@ -88,7 +89,7 @@ def test_prune_refuses_bad_sizes(tiny_model_dir, capsys):
         PruneConfig(model="m", intermediate_size=100)
     with pytest.raises(ValueError, match="must not exceed"):
         prune_model(PruneConfig(model=str(tiny_model_dir), num_layers=9))
-    assert main(["--model", str(tiny_model_dir), "--num_layers", "0"]) == 2
+    assert main(["prune", "--model", str(tiny_model_dir), "--num_layers", "0"]) == 2
     assert "num_layers must be at least 1" in capsys.readouterr().err
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import generate_config
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import ModelConfig
 
 from reasondistill.distill_data import TopKCollator, load_trace_dataset
@@ -239,6 +239,57 @@ def test_lora_run_saves_adapter_merged_model_and_logs(tmp_path, trace_dir, tiny_
         ).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)  # merge in float32 == base + adapter
     assert (got - untrained).abs().max() > 1e-3, "the adapter changed the model"
+
+
+def test_qlora_trains_on_the_nf4_rounded_base(tmp_path, trace_dir, tiny_model_dir):
+    """QLoRA (a frozen NF4 base under PEFT) computes what LoRA on the NF4-rounded weights computes: the
+    same first-step loss (the adapter starts as a no-op), not the full-precision base's, and adapters that
+    agree after training up to bfloat16, the dtype TRL keeps QLoRA adapters in (QLoRA paper, section 3)."""
+    import bitsandbytes as bnb
+
+    four_bit = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        ),
+    )
+    rounded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    layers = dict(rounded.named_modules())
+    quantized = 0
+    for name, module in four_bit.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            layers[name].weight.data.copy_(weight.float())
+            quantized += 1
+    assert quantized == 7 * rounded.config.num_hidden_layers  # q, k, v, o, gate, up, down
+    rounded.save_pretrained(tmp_path / "rounded")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rounded")
+    # plain SGD: an update is linear in the gradient (Adam's first steps are ~lr * sign(g), which turns
+    # rounding in near-zero gradients into full-size differences)
+    lora = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_steps=3, optim="sgd")
+    lora["lora_target_modules"] = ["q_proj", "v_proj", "up_proj", "down_proj"]
+    four_bit_settings = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", dtype="float32")
+    runs = {
+        "qlora": (tiny_model_dir, four_bit_settings),
+        "lora-rounded": (tmp_path / "rounded", {}),
+        "lora-original": (tiny_model_dir, {}),
+    }
+    outs = {
+        name: run(recipe(tmp_path, base, trace_dir, output_dir=str(tmp_path / name), **lora, **extra))
+        for name, (base, extra) in runs.items()
+    }
+    history = {name: json.loads((out / "trainer_state.json").read_text()) for name, out in outs.items()}
+    losses = {name: [entry["loss"] for entry in state["log_history"][:3]] for name, state in history.items()}
+    assert losses["qlora"] == pytest.approx(losses["lora-rounded"], rel=1e-5)  # every step
+    assert abs(losses["qlora"][0] - losses["lora-original"][0]) > 1e-3  # NF4 rounding is visible
+    qlora, reference = weights(outs["qlora"]), weights(outs["lora-rounded"])
+    assert qlora.keys() == reference.keys()
+    for name, tensor in qlora.items():
+        assert tensor.dtype == torch.bfloat16
+        if "lora_B" in name:
+            assert tensor.abs().max() > 0, "lora_B starts at zero: gradients reached it through NF4 layers"
+        # lora_B entries are ~1e-3 here; bf16 rounds them by ~4e-6, the unrounded base moves them by ~2e-4
+        torch.testing.assert_close(tensor.float(), reference[name], atol=2e-5, rtol=1e-2)
 
 
 def test_resume_from_checkpoint_continues_bit_for_bit(tmp_path, trace_dir, tiny_model_dir):

@@ -9,7 +9,6 @@ match and step accuracy, demo_models/scoring.py) and on held-out teacher traces 
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from trl import ModelConfig
 
 from reasondistill.demo_models.factory import MODEL_SIZES, build_model, count_parameters
 from reasondistill.demo_models.scoring import heldout_loss, task_scores
-from reasondistill.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.recipe import matches_saved_recipe, parse_recipe
 from reasondistill.tasks.arithmetic import generate_problems
 from reasondistill.train import RECIPE_FILE, train
 from reasondistill.train_config import DistillConfig
@@ -59,15 +58,6 @@ class StudentResult:
     train_seconds: float
 
 
-def _reusable(out: Path, model_args: ModelConfig, args: DistillConfig) -> bool:
-    """A finished run with exactly these resolved settings is reused instead of retrained."""
-    if not (out / RECIPE_FILE).exists():
-        return False
-    with tempfile.TemporaryDirectory() as tmp:
-        save_resolved_recipe([model_args, args], Path(tmp) / RECIPE_FILE)
-        return (Path(tmp) / RECIPE_FILE).read_text() == (out / RECIPE_FILE).read_text()
-
-
 def train_students(
     config: StudentsConfig,
     train_recipe: Path,
@@ -101,7 +91,7 @@ def train_students(
             overrides += ["--seed", str(seed), "--kd_weight", str(kd_weight)]
             model_args, args = parse_recipe(train_recipe, (ModelConfig, DistillConfig), overrides)
             start = time.time()
-            if _reusable(out, model_args, args):
+            if matches_saved_recipe([model_args, args], out / RECIPE_FILE):
                 log(f"reusing {out}")
             else:
                 train(model_args, args)
