@@ -61,7 +61,7 @@ class DistillConfig(SFTConfig):
         default=DEFAULT_TAIL_FLOOR, metadata={"help": "Smallest tail-bucket probability (docs/losses.md)."}
     )
     loss_chunk_size: int = field(
-        default=1024, metadata={"help": "Tokens per lm_head chunk in the loss; bounds [chunk, vocab] memory."}
+        default=512, metadata={"help": "Tokens per lm_head chunk in the loss; bounds [chunk, vocab] memory."}
     )
     lmbda: float = field(
         default=0.0,

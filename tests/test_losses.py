@@ -331,8 +331,9 @@ def test_processed_logprobs_top_p_rows_have_no_tail():
 # ------------------------------------------------------------------------------ chunked version
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])  # T = 1: CE and KD share the log-softmax
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 64])
-def test_chunked_equals_unchunked(chunk_size):
+def test_chunked_equals_unchunked(chunk_size, temperature):
     g = torch.Generator().manual_seed(3)
     n, h, v, k = 22, 8, 40, 5
     hidden = torch.randn(2, n // 2, h, generator=g, dtype=D, requires_grad=True)
@@ -353,7 +354,7 @@ def test_chunked_equals_unchunked(chunk_size):
     settings = dict(
         divergence_kind="jsd",
         beta=0.4,
-        temperature=2.0,
+        temperature=temperature,
         ce_weight=0.3,
         kd_weight=0.7,
         num_items_in_batch=None,
@@ -466,6 +467,9 @@ def test_tokens_without_targets_count_in_ce_only():
     torch.testing.assert_close(loss.ce, sum(ce_terms) / 17, rtol=1e-12, atol=0)
     torch.testing.assert_close(loss.kd, sum(kd_terms) / 13, rtol=1e-9, atol=0)
     (grad,) = torch.autograd.grad(loss.total, logits)
+    # at T = 1 CE and KD share one log-softmax: the gradient is still the brute-force one everywhere
+    (reference_grad,) = torch.autograd.grad(0.4 * sum(ce_terms) / 17 + 0.6 * sum(kd_terms) / 13, logits)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-12)
     # Token (1, 4) has a label but no targets: its gradient is the CE one alone, 0.4 (softmax - onehot) / 17.
     onehot = F.one_hot(labels[1, 4], 30).to(D)
     torch.testing.assert_close(grad[1, 4], 0.4 * (torch.softmax(logits[1, 4], -1) - onehot) / 17)

@@ -123,7 +123,10 @@ def token_loss_sums(
     """
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # [N, V]
     zero = z.new_zeros(())
-    ce_sum = F.cross_entropy(z, labels, ignore_index=IGNORE_INDEX, reduction="sum") if ce_weight else zero
+    # At T = 1 CE and the student's buckets share one log-softmax over V (one [N, V] pass, not two).
+    shared = ce_weight and kd_weight and temperature == 1.0
+    log_probs = F.log_softmax(z, dim=-1) if ce_weight else None  # [N, V]
+    ce_sum = F.nll_loss(log_probs, labels, ignore_index=IGNORE_INDEX, reduction="sum") if ce_weight else zero
     if not kd_weight:
         return ce_sum, zero
     valid = torch.isfinite(topk_logprobs)  # [N, K], trailing -inf ranks masked
@@ -134,7 +137,15 @@ def token_loss_sums(
         tail=tail,
         tail_floor=tail_floor,
     )  # [N, K(+1)]
-    q = student_buckets(z, topk_ids, temperature=temperature, tail=tail, valid=valid, tail_floor=tail_floor)
+    q = student_buckets(
+        log_probs if shared else z,
+        topk_ids,
+        temperature=temperature,
+        tail=tail,
+        valid=valid,
+        tail_floor=tail_floor,
+        log_normalized=bool(shared),
+    )
     d = divergence(p, q, divergence_kind, beta=beta, alpha=alpha, mask=torch.isfinite(p))  # [N]
     return ce_sum, temperature**2 * torch.where(kd_mask, d, 0.0).sum()
 

@@ -76,6 +76,7 @@ def student_buckets(
     tail: bool = True,
     valid: torch.Tensor | None = None,
     tail_floor: float = DEFAULT_TAIL_FLOOR,
+    log_normalized: bool = False,
 ) -> torch.Tensor:
     """Student distribution softmax(z / T) [N, V] collapsed onto the teacher's buckets.
 
@@ -93,8 +94,11 @@ def student_buckets(
 
     Invalid ranks are -inf (their ids' mass is in the tail). A row with no valid rank has log q_tail = 0.
     Never builds an [N, V] distribution beyond the scaled logits and one masked copy (per call: call it
-    per chunk of rows, see chunked.py).
+    per chunk of rows, see chunked.py). `log_normalized=True` says `logits` already are log softmax(z)
+    at T = 1 (the trainer shares cross-entropy's log-softmax): lse = 0 is then not recomputed.
     """
+    if log_normalized and temperature != 1.0:
+        raise ValueError("log_normalized logits are log softmax(z) at temperature 1")
     z = _float(logits)
     if temperature != 1.0:
         z = z / temperature  # [N, V]
@@ -108,7 +112,7 @@ def student_buckets(
     if not tail:
         x = torch.where(valid | empty[:, None], picked, -math.inf)  # an empty row keeps a finite dummy
         return torch.where(valid, x - torch.logsumexp(x, dim=-1, keepdim=True), -math.inf)
-    lse = torch.logsumexp(z, dim=-1)  # [N]
+    lse = z.new_zeros(z.shape[:-1]) if log_normalized else torch.logsumexp(z, dim=-1)  # [N]
     # finfo.min rather than -inf: a row whose every id is in S then has a finite logsumexp and gradient.
     rest = z.scatter(-1, ids, torch.finfo(z.dtype).min)  # [N, V], S removed
     log_tail = torch.logsumexp(rest, dim=-1) - lse  # [N]
