@@ -1,6 +1,8 @@
 """Cost of distillation training on this machine: step time and peak memory, as ratios.
 
     .venv/bin/python benchmarks/train.py [--steps 30] [--tokens 2048] [--vocab 152064]
+    .venv/bin/python benchmarks/train.py --only loss --device cuda --dtype bfloat16 \
+        --tokens 8192 --hidden 1536       # the issue's H100 check
 
 Needs the demo teacher and its traces (run `reasondistill demo` once). Every case runs in its own
 subprocess; "peak extra" is its peak resident memory during the measured work (VmHWM, reset just
@@ -12,7 +14,9 @@ and TRL's GKDTrainer (lmbda 0: the same off-policy traces, teacher run live, for
 
 Table 2, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
 backward through the lm_head: plain CE on full logits, a naive dense top-k KL (targets scattered into
-a [N, V] distribution, as simple implementations do), ours on full logits, ours chunked.
+a [N, V] distribution, as simple implementations do), ours on full logits, ours chunked. With
+`--device cuda` it runs on the GPU, and "peak extra" is the peak of allocated GPU memory above what
+was allocated before the measured work (`--only loss` skips table 1, which needs the demo models).
 """
 
 from __future__ import annotations
@@ -123,20 +127,25 @@ def trainer_case(case: str, steps: int, batch: int, out: Path) -> dict:
     return {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_extra(resident)}
 
 
-def loss_case(case: str, tokens: int, vocab: int, hidden: int, k: int, repeats: int) -> dict:
+def loss_case(
+    case: str, tokens: int, vocab: int, hidden: int, k: int, repeats: int, device: str, dtype: str
+) -> dict:
     """Forward + backward of one loss on random inputs; best time of `repeats`, peak extra memory."""
     import torch.nn.functional as F
 
     from reasondistill.losses import distillation_loss, distillation_loss_from_logits
 
     gen = torch.Generator().manual_seed(0)
-    h = torch.randn(tokens, hidden, generator=gen)
-    weight = (torch.randn(vocab, hidden, generator=gen) * hidden**-0.5).requires_grad_()
-    labels = torch.randint(0, vocab, (tokens,), generator=gen)
-    topk_ids = torch.randint(0, vocab, (tokens, k), generator=gen)
-    topk_logprobs = torch.log_softmax(torch.randn(tokens, k + 1, generator=gen) * 3, -1)[:, :k].sort(
-        -1, True
-    )[0]
+    like = dict(device=device, dtype=getattr(torch, dtype))
+    h = torch.randn(tokens, hidden, generator=gen).to(**like)
+    weight = (torch.randn(vocab, hidden, generator=gen) * hidden**-0.5).to(**like).requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,), generator=gen).to(device)
+    topk_ids = torch.randint(0, vocab, (tokens, k), generator=gen).to(device)
+    topk_logprobs = (
+        torch.log_softmax(torch.randn(tokens, k + 1, generator=gen) * 3, -1)[:, :k]
+        .sort(-1, True)[0]
+        .to(device)
+    )
     hidden_in = h.requires_grad_()
 
     def run() -> torch.Tensor:
@@ -146,25 +155,35 @@ def loss_case(case: str, tokens: int, vocab: int, hidden: int, k: int, repeats: 
             ).total
         logits = hidden_in @ weight.T  # [N, V]
         if case == "plain_ce":
-            return F.cross_entropy(logits, labels)
+            return F.cross_entropy(logits.float(), labels)
         if case == "ours_full_logits":
             return distillation_loss_from_logits(
                 logits, labels, topk_ids, topk_logprobs, ce_weight=1.0, kd_weight=1.0
             ).total
         # naive dense: teacher top-k renormalised and scattered into a [N, V] target
+        logits = logits.float()
         target = torch.zeros_like(logits).scatter_(1, topk_ids, torch.softmax(topk_logprobs, -1))
         logq = torch.log_softmax(logits, -1)
         kl = (target * (torch.log(target.clamp_min(1e-30)) - logq)).sum(-1).mean()
         return F.cross_entropy(logits, labels) + kl
 
-    resident = start_peak()
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        resident = torch.cuda.memory_allocated() / 2**20
+    else:
+        resident = start_peak()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         run().backward()
+        if gpu:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
         hidden_in.grad = weight.grad = None
-    return {"step_s": best, "peak_extra_mib": peak_extra(resident)}
+    peak = torch.cuda.max_memory_allocated() / 2**20 - resident if gpu else peak_extra(resident)
+    return {"step_s": best, "peak_extra_mib": peak}
 
 
 def subprocess_case(*argv: str) -> dict:
@@ -195,6 +214,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=152064)
     parser.add_argument("--hidden", type=int, default=896)  # Qwen2.5-0.5B
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="device of the loss cases (table 2), e.g. cuda")
+    parser.add_argument("--dtype", default="float32", help="hidden states and lm_head dtype (table 2)")
+    parser.add_argument("--only", choices=["trainer", "loss"], help="run one table")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -206,29 +228,35 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 result = trainer_case(case, args.steps, args.batch, Path(tmp))
         else:
-            result = loss_case(case, args.tokens, args.vocab, args.hidden, args.k, repeats=3)
+            shape = (args.tokens, args.vocab, args.hidden, args.k)
+            result = loss_case(case, *shape, repeats=3, device=args.device, dtype=args.dtype)
         print(json.dumps(result))
         return
-    trainers = {
-        case: subprocess_case("trainer", case, "--steps", str(args.steps)) for case in ("ce", "kd", "gkd")
-    }
-    table(
-        f"Trainer on the demo models ({args.steps} steps x {args.batch} traces; median step after 3 warm-up)",
-        {
-            "CE only (ours, kd_weight 0)": trainers["ce"],
-            "CE + top-k KL (ours)": trainers["kd"],
-            "TRL GKDTrainer (teacher live)": trainers["gkd"],
-        },  # fmt: skip
-        "CE only (ours, kd_weight 0)",
-    )
+    if args.only != "loss":
+        trainers = {
+            case: subprocess_case("trainer", case, "--steps", str(args.steps)) for case in ("ce", "kd", "gkd")
+        }
+        table(
+            f"Trainer on the demo models ({args.steps} steps x {args.batch} traces; median step after 3 "
+            "warm-up)",
+            {
+                "CE only (ours, kd_weight 0)": trainers["ce"],
+                "CE + top-k KL (ours)": trainers["kd"],
+                "TRL GKDTrainer (teacher live)": trainers["gkd"],
+            },  # fmt: skip
+            "CE only (ours, kd_weight 0)",
+        )
+    if args.only == "trainer":
+        return
     shape = ["--tokens", str(args.tokens), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
+    shape += ["--k", str(args.k), "--device", args.device, "--dtype", args.dtype]
     losses = {
         case: subprocess_case("loss", case, *shape)
         for case in ("plain_ce", "naive_dense", "ours_full_logits", "chunked")
     }  # noqa: E501
     table(
         f"Loss forward + backward through the lm_head: N={args.tokens} tokens, V={args.vocab}, "
-        f"H={args.hidden}, k={args.k} (best of 3)",
+        f"H={args.hidden}, k={args.k}, {args.dtype} on {args.device} (best of 3)",
         losses,
         "plain_ce",
     )
