@@ -43,7 +43,8 @@ STAGES = {
     ),
     "demo": (
         "Run the whole pipeline on CPU with models the project builds itself (no model hub): demo "
-        "teacher -> vLLM traces -> SFT and KD students -> 4-bit -> evaluation report."
+        "teacher -> vLLM traces -> SFT and KD students -> 4-bit -> prune, distil, quantize the teacher -> "
+        "evaluation report."
     ),
 }
 
