@@ -376,6 +376,23 @@ def test_chunked_equals_unchunked(chunk_size, temperature):
     torch.testing.assert_close(again.total, plain.total.detach(), rtol=1e-12, atol=1e-14)
 
 
+def test_chunked_with_a_frozen_head_gives_the_hidden_gradient_only():
+    """Under LoRA the lm_head is frozen: no weight gradient is computed, the hidden one is unchanged."""
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(10, 6, generator=g, dtype=D, requires_grad=True)
+    weight = torch.randn(30, 6, generator=g, dtype=D)  # requires_grad False
+    logprobs, ids = torch.log_softmax(2 * torch.randn(10, 30, generator=g, dtype=D), -1).topk(4, dim=-1)
+    labels = torch.randint(0, 30, (10,), generator=g)
+    settings = dict(ce_weight=0.5, kd_weight=1.0, temperature=1.0)
+    plain = distillation_loss_from_logits(F.linear(hidden, weight), labels, ids, logprobs, **settings)
+    chunked = distillation_loss(hidden, weight, labels, ids, logprobs, chunk_size=3, **settings)
+    (expected,) = torch.autograd.grad(plain.total, hidden)
+    (got,) = torch.autograd.grad(chunked.total, hidden)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
+    assert weight.grad is None
+    assert not chunked.ce.requires_grad and not chunked.kd.requires_grad  # values for logging
+
+
 def test_chunked_bfloat16_model_is_computed_in_float32():
     g = torch.Generator().manual_seed(4)
     hidden = torch.randn(10, 8, generator=g).bfloat16().requires_grad_()
