@@ -48,6 +48,17 @@ STAGES = {
     ),
 }
 
+# The dataclasses each stage's recipe fills, as "module:Class" (imported only when a stage's --help asks).
+STAGE_CONFIGS = {
+    "generate": ["reasondistill.generate_config:GenerateConfig"],
+    "train": ["trl:ModelConfig", "reasondistill.train_config:DistillConfig"],
+    "evaluate": ["reasondistill.evaluate_config:EvaluateConfig"],
+    "quantize": ["reasondistill.quantize_config:QuantizeConfig"],
+    "prune": ["reasondistill.prune:PruneConfig"],
+    "pdq": ["reasondistill.pdq:PDQConfig"],
+    "demo": ["reasondistill.demo_models.teacher:TeacherConfig"],
+}
+
 # Stages that also run from command-line flags alone (`reasondistill evaluate --model DIR --benchmark gsm8k`).
 RECIPE_OPTIONAL = {"evaluate", "quantize", "prune", "pdq"}
 
@@ -65,6 +76,20 @@ def resolve_demo_recipe(path: str) -> Path:
     if candidate.exists() or candidate.is_absolute():
         return candidate
     return REPO_ROOT / path
+
+
+def print_recipe_fields(stage: str, recipe: str | None) -> None:
+    """Every recipe field of the stage with its help and value (the recipe's, else the default); exits."""
+    import importlib
+
+    from reasondistill.recipe import parse_recipe
+
+    classes = []
+    for target in STAGE_CONFIGS[stage]:
+        module, name = target.split(":")
+        classes.append(getattr(importlib.import_module(module), name))
+    print(f"{STAGES[stage]}\n\nRecipe fields (YAML keys; --key value overrides them):")
+    parse_recipe(recipe, tuple(classes), ["--help"])  # HfArgumentParser prints them and exits
 
 
 def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
@@ -107,11 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", metavar="{" + ",".join(STAGES) + "}", required=True)
     for name, text in STAGES.items():
-        stage = sub.add_parser(name, help=text, description=text)
+        # -h is ours: it lists the recipe's fields, which argparse does not know about
+        stage = sub.add_parser(name, help=text, description=text, add_help=False)
+        stage.add_argument(
+            "-h",
+            "--help",
+            action="store_true",
+            help="list the recipe fields (with RECIPE: its values) and exit",
+        )
         default = DEFAULT_DEMO_RECIPE if name == "demo" else None
         stage.add_argument(
             "recipe",
-            nargs="?" if default or name in RECIPE_OPTIONAL else None,
+            nargs="?",  # required unless optional, but checked after parsing so that --help works alone
             default=default,
             help="YAML recipe"
             + (f" (default: {default})" if default else "")
@@ -126,6 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in RECIPE_OPTIONAL and argv[1:2] and argv[1].startswith("-"):
         # No recipe: argparse would otherwise take the first flag's value ("--model DIR") for one.
         args.recipe, overrides = None, argv[1:]
+    if args.help:
+        recipe = args.recipe and (resolve_demo_recipe(args.recipe) if args.stage == "demo" else args.recipe)
+        print_recipe_fields(args.stage, recipe)
+    if args.recipe is None and args.stage not in RECIPE_OPTIONAL:
+        print(
+            f"usage: reasondistill {args.stage} RECIPE.yaml [--key value ...]\n"
+            f"reasondistill {args.stage}: error: a recipe is required (--help lists its fields)",
+            file=sys.stderr,
+        )
+        return 2
     set_cache_locations(Path(".cache/reasondistill"))
     try:
         return run_stage(args.stage, args.recipe, overrides)

@@ -189,6 +189,8 @@ def parse_recipe(
     )
     for action in parser._actions:
         action.required = False  # as TrlParser does for YAML-given keys; missing ones are reported below
+        if isinstance(action.help, str):  # argparse %-formats help: a plain "95%" would break --help
+            action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
         if action.dest in values:
             action.default = values[action.dest]  # so --help shows the recipe's value
     for name, hint in hints.items():

@@ -24,11 +24,32 @@ def test_help_lists_every_stage():
     assert set(STAGES) == stages
 
 
+FIELD_OF = {
+    "generate": "--logprobs",
+    "train": "--kd_weight",
+    "evaluate": "--benchmark",
+    "quantize": "--profiles",
+    "prune": "--num_layers",
+    "pdq": "--train_recipe",
+    "demo": "--steps",
+}
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_each_stage_explains_itself(stage):
+def test_each_stage_explains_itself_and_lists_its_recipe_fields(stage):
     result = run_cli(stage, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert STAGES[stage].split()[0] in result.stdout and FIELD_OF[stage] in result.stdout
+
+
+def test_help_with_a_recipe_shows_its_values_and_a_missing_recipe_is_refused():
+    recipe = Path(__file__).resolve().parents[1] / "recipes/demo/train.yaml"
+    result = run_cli("train", str(recipe), "--help")
     assert result.returncode == 0
-    assert STAGES[stage].split()[0] in result.stdout
+    max_steps = result.stdout[result.stdout.index("--max_steps MAX_STEPS, --max-steps") :][:400]
+    assert "(default: 200)" in " ".join(max_steps.split())  # the recipe's value, not TRL's -1
+    result = run_cli("train")
+    assert result.returncode == 2 and "a recipe is required" in result.stderr
 
 
 def test_demo_recipe_errors_name_key_and_file(tmp_path, capsys):
