@@ -141,6 +141,7 @@ def chain_rows(
     # a GGUF file has no safetensors to count: its parameters and layers are the distilled model's
     steps = [("teacher", teacher), ("pruned", pruned), ("distilled", reference)]
     steps += [("quantized", reference)] * (len(measured) - 1)
+    shape = {d: (_layers(d), parameter_count(d)) for d in (teacher, pruned, reference)}  # read once each
     rows = []
     for (step, model_dir), result in zip(steps, results, strict=True):
         rows.append(
@@ -148,8 +149,8 @@ def chain_rows(
                 "step": step,
                 "model": result.model,
                 "path": result.model_path,
-                "layers": _layers(model_dir),
-                "parameters": parameter_count(model_dir),
+                "layers": shape[model_dir][0],
+                "parameters": shape[model_dir][1],
                 "size_mb": (result.size_bytes or 0) / 1e6,
                 "pass@1": result.metrics["pass@1"]["value"],
             }

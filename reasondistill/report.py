@@ -115,7 +115,7 @@ def plot_accuracy_vs_size(results: Sequence[RunResult], path: Path) -> bool:
         # points, not a line: the models are not a series along a size axis
         ax.errorbar(sizes, values, yerr=errors, marker="o", linestyle="none", capsize=4, label=benchmark)
         # each point's number sits above its interval; points that coincide share one label ("2,3")
-        labels: dict[tuple[float, float], list[str]] = {}
+        labels: dict[tuple[float, float, float], list[str]] = {}  # (size, pass@1, top of interval)
         for run, x, y, above in zip(runs, sizes, values, values + errors[1], strict=True):
             labels.setdefault((round(x, 2), round(y, 1), above), []).append(str(number[run.model]))
         for (x, _, above), numbers in labels.items():

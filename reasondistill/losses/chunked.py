@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .distill import DistillLoss, checked_settings, denominator, token_loss_sums, token_masks
+from .distill import DistillLoss, checked_settings, denominators, token_loss_sums, token_masks
 from .divergences import DivergenceKind
 from .topk_targets import DEFAULT_TAIL_FLOOR
 
@@ -126,8 +126,7 @@ def distillation_loss(
     h, lab, ids, lp, kdm = picked  # [n, H], [n], [n, K], [n, K], [n]
     # The denominators are known before the first chunk, so each chunk's gradient is final at once.
     like = torch.zeros((), dtype=torch.promote_types(lm_head_weight.dtype, torch.float32), device=h.device)
-    ce_denominator = denominator(counts["num_items_in_batch"], loss_mask.sum(), like)
-    kd_denominator = denominator(counts["num_kd_items_in_batch"], kd_mask.sum(), like)
+    ce_denominator, kd_denominator = denominators(loss_mask, kd_mask, like, **counts)
     leaves = (hidden, lm_head_weight, lm_head_bias)
     grads = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
     scales = (ce_weight / ce_denominator, kd_weight / kd_denominator)

@@ -96,6 +96,21 @@ def denominator(given, local_count: torch.Tensor, like: torch.Tensor) -> torch.T
     return d.to(like.dtype).clamp_min(1)
 
 
+def denominators(
+    loss_mask: torch.Tensor,
+    kd_mask: torch.Tensor,
+    like: torch.Tensor,
+    *,
+    num_items_in_batch,
+    num_kd_items_in_batch,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE denominator, KD denominator): the global token counts if given, else this call's."""
+    return (
+        denominator(num_items_in_batch, loss_mask.sum(), like),
+        denominator(num_kd_items_in_batch, kd_mask.sum(), like),
+    )
+
+
 def token_loss_sums(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -124,7 +139,7 @@ def token_loss_sums(
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # [N, V]
     zero = z.new_zeros(())
     # At T = 1 CE and the student's buckets share one log-softmax over V (one [N, V] pass, not two).
-    shared = ce_weight and kd_weight and temperature == 1.0
+    shared = bool(ce_weight and kd_weight) and temperature == 1.0
     log_probs = F.log_softmax(z, dim=-1) if ce_weight else None  # [N, V]
     ce_sum = F.nll_loss(log_probs, labels, ignore_index=IGNORE_INDEX, reduction="sum") if ce_weight else zero
     if not kd_weight:
@@ -144,7 +159,7 @@ def token_loss_sums(
         tail=tail,
         valid=valid,
         tail_floor=tail_floor,
-        log_normalized=bool(shared),
+        log_normalized=shared,
     )
     d = divergence(p, q, divergence_kind, beta=beta, alpha=alpha, mask=torch.isfinite(p))  # [N]
     return ce_sum, temperature**2 * torch.where(kd_mask, d, 0.0).sum()
@@ -158,12 +173,11 @@ def combine(
     *,
     ce_weight: float,
     kd_weight: float,
-    num_items_in_batch,
-    num_kd_items_in_batch,
+    **counts,
 ) -> DistillLoss:
     """Normalise the sums (CE by loss tokens, KD by tokens with targets) and weight them."""
-    ce = ce_sum / denominator(num_items_in_batch, loss_mask.sum(), ce_sum)
-    kd = kd_sum / denominator(num_kd_items_in_batch, kd_mask.sum(), kd_sum)
+    ce_denominator, kd_denominator = denominators(loss_mask, kd_mask, ce_sum, **counts)
+    ce, kd = ce_sum / ce_denominator, kd_sum / kd_denominator
     return DistillLoss(ce_weight * ce + kd_weight * kd, ce, kd)
 
 
