@@ -41,6 +41,10 @@ STAGES = {
         "Prune -> distil -> quantize a teacher in one run (three stage recipes), with size and accuracy "
         "after each step."
     ),
+    "progressive": (
+        "Distil through teaching assistants (teacher -> TA -> ... -> student, each on the traces of the one "
+        "before), beside the student distilled directly, and evaluate them all."
+    ),
     "demo": (
         "Run the whole pipeline on CPU with models the project builds itself (no model hub): demo "
         "teacher -> vLLM traces -> SFT and KD students -> 4-bit -> prune, distil, quantize the teacher -> "
@@ -56,6 +60,7 @@ STAGE_CONFIGS = {
     "quantize": ["reasondistill.quantize_config:QuantizeConfig"],
     "prune": ["reasondistill.prune:PruneConfig"],
     "pdq": ["reasondistill.pdq:PDQConfig"],
+    "progressive": ["reasondistill.progressive:ProgressiveConfig"],
     "demo": ["reasondistill.demo_models.teacher:TeacherConfig"],
 }
 
@@ -114,6 +119,10 @@ def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
         from reasondistill.pdq import run_pdq
 
         return run_pdq(recipe and Path(recipe), overrides)
+    if stage == "progressive":
+        from reasondistill.progressive import run_progressive_cli
+
+        return run_progressive_cli(Path(recipe), overrides)
     if stage == "train":
         from reasondistill.train import run_train
 

@@ -10,7 +10,8 @@ What differs from `SFTTrainer`, and nothing else:
   KD: label tokens that have teacher targets, counted here) so gradient accumulation and multi-process
   runs give the loss of the whole batch, and logs the two terms (`ce`, `kd`) separately;
 - on-policy steps (GKD's lmbda): for that share of optimizer steps, every micro-batch's completions are
-  replaced by ones the student samples, scored by the live teacher; only the divergence trains on them.
+  replaced by ones the student samples, scored by the live teacher (`reasondistill.on_policy`: transformers
+  or vLLM on either side); only the divergence trains on them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trl import SFTTrainer
 from reasondistill.distill_data import TopKCollator
 from reasondistill.losses import distillation_loss
 from reasondistill.losses.distill import IGNORE_INDEX
+from reasondistill.on_policy import load_student_sampler, load_teacher_scorer
 from reasondistill.train_config import DistillConfig
 
 
@@ -113,7 +115,6 @@ class DistillTrainer(SFTTrainer):
         args: DistillConfig,
         data_collator: TopKCollator,
         gen_temperature: float = 1.0,
-        teacher: PreTrainedModel | None = None,
         **kwargs,
     ):
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
@@ -124,9 +125,23 @@ class DistillTrainer(SFTTrainer):
         # division by the accumulation steps).
         self.model_accepts_loss_kwargs = True
         self.gen_temperature = gen_temperature
-        self.teacher = teacher
-        if teacher is not None:
-            self.teacher = teacher.to(self.accelerator.device).eval().requires_grad_(False)
+        self.student_sampler = self.teacher_scorer = None
+        if args.lmbda > 0:
+            if args.on_policy_topk != data_collator.k:
+                raise ValueError(
+                    f"on_policy_topk={args.on_policy_topk} but the traces store top-{data_collator.k}: a "
+                    f"batch holds one k, so set on_policy_topk: {data_collator.k}"
+                )
+            positions = self.model.config.max_position_embeddings
+            max_model_len = (
+                None
+                if args.max_length is None
+                else min(args.max_length + args.on_policy_max_new_tokens, positions)
+            )
+            self.teacher_scorer = load_teacher_scorer(args, self.accelerator, self.model.dtype, max_model_len)
+            self.student_sampler = load_student_sampler(
+                self.model, args, self.accelerator, self.processing_class, max_model_len
+            )
         self._num_kd_items_in_batch = None
         self._on_policy_step = False
 
@@ -147,57 +162,40 @@ class DistillTrainer(SFTTrainer):
         self._num_kd_items_in_batch = kd_items
         return batches, num_items
 
-    @torch.no_grad()
     def on_policy_batch(self, batch: dict) -> dict:
         """The batch's prompts with completions the student samples now and the teacher's top-k on them."""
-        collator: TopKCollator = self.data_collator
-        device = self.accelerator.device
-        student = self.accelerator.unwrap_model(self.model)
         prompts = [batch["input_ids"][b, :n].tolist() for b, n in enumerate(batch["prompt_lengths"].tolist())]
-        width = max(map(len, prompts))  # left-pad for generation
-        input_ids = torch.tensor(
-            [[collator.pad_token_id] * (width - len(p)) + p for p in prompts], device=device
+        seed = int(torch.randint(2**31 - 1, ()))  # torch's global RNG: checkpoints restore it
+        completions = self.student_sampler.sample(self.accelerator.unwrap_model(self.model), prompts, seed)
+        # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
+        teacher_prompts = batch.get("teacher_prompt_token_ids", prompts)
+        scores = self.teacher_scorer.score(teacher_prompts, completions)  # raw logprobs: gen_temperature 1
+        return self.data_collator(
+            [
+                {
+                    "prompt_token_ids": prompt,
+                    "completion_token_ids": completion,
+                    "topk_ids": score.topk_ids,
+                    "topk_logprobs": score.topk_logprobs,
+                }
+                for prompt, completion, score in zip(prompts, completions, scores, strict=True)
+            ]
         )
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        was_training = student.training
-        student.eval()
-        generated = student.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            do_sample=True,
-            temperature=self.args.on_policy_temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=self.args.on_policy_max_new_tokens,
-            pad_token_id=collator.pad_token_id,
-        )[:, width:]
-        student.train(was_training)
-        eos = student.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos])
-        records = []
-        for prompt, tokens in zip(prompts, generated.tolist(), strict=True):
-            end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
-            records.append({"prompt_token_ids": prompt, "completion_token_ids": tokens[:end]})
-        sequences = [r["prompt_token_ids"] + r["completion_token_ids"] for r in records]
-        teacher_ids = torch.full((len(sequences), max(map(len, sequences))), collator.pad_token_id)
-        teacher_mask = torch.zeros_like(teacher_ids)
-        for b, tokens in enumerate(sequences):
-            teacher_ids[b, : len(tokens)], teacher_mask[b, : len(tokens)] = torch.tensor(tokens), 1
-        logits = self.teacher(input_ids=teacher_ids.to(device), attention_mask=teacher_mask.to(device)).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # raw teacher logprobs: gen_temperature 1
-        top = logprobs.topk(collator.k, dim=-1)
-        for b, record in enumerate(records):
-            start, n = len(record["prompt_token_ids"]), len(record["completion_token_ids"])
-            positions = slice(start - 1, start - 1 + n)  # logits at p - 1 predict the token at p
-            record["topk_ids"] = top.indices[b, positions].cpu().numpy()
-            record["topk_logprobs"] = top.values[b, positions].cpu().numpy()
-        return collator(records)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # vLLM engines hold memory (KV cache) until shut down
+            for engine in (self.student_sampler, self.teacher_scorer):
+                if engine is not None:
+                    engine.close()
 
     # ----- loss -----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         on_policy = mode == "train" and self._on_policy_step
+        inputs = {k: v for k, v in inputs.items() if k != "teacher_prompt_token_ids"}
         outputs = model(
             **inputs,
             gen_temperature=1.0 if on_policy else self.gen_temperature,

@@ -197,13 +197,15 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, config: EngineConfig, batch_size: int = 16):
+    def __init__(self, config: EngineConfig, batch_size: int = 16, device: torch.device | str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
         self.model = AutoModelForCausalLM.from_pretrained(
             config.teacher, revision=config.teacher_revision, dtype=dtype
         ).eval()
+        self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).requires_grad_(False)
+        self.device = self.model.device
         self.tokenizer = AutoTokenizer.from_pretrained(
             config.tokenizer or config.teacher, revision=config.teacher_revision
         )
@@ -225,7 +227,7 @@ class TransformersEngine:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         values, ids = logprobs.topk(self.k, dim=-1)
         sampled = logprobs.gather(-1, tokens[:, None])[:, 0]
-        return sampled.numpy(), ids.numpy(), values.numpy()
+        return sampled.cpu().numpy(), ids.cpu().numpy(), values.cpu().numpy()
 
     @torch.no_grad()
     def sample(
@@ -241,8 +243,8 @@ class TransformersEngine:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
             greedy = sampling.temperature == 0
             out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
                 max_new_tokens=sampling.max_tokens,
                 do_sample=not greedy,
                 temperature=None if greedy else sampling.temperature,
@@ -277,16 +279,23 @@ class TransformersEngine:
 
     @torch.no_grad()
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[TokenLogprobs]:
+        """As VllmEngine.score: forward passes over right-padded batches (causal: padding changes nothing)."""
+        pairs = list(zip(prompts, completions, strict=True))
         results = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            ids = torch.tensor([prompt + completion])
-            logits = self.model(input_ids=ids).logits[
-                0, len(prompt) - 1 : -1
-            ]  # position t predicts token t+1
-            sampled, topk_ids, topk_logprobs = self._topk(logits, torch.tensor(completion))
-            results.append(
-                TokenLogprobs(np.asarray(completion, dtype=np.int64), sampled, topk_ids, topk_logprobs)
-            )
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            width = max(len(p) + len(c) for p, c in batch)
+            ids = torch.tensor([p + c + [self.pad_id] * (width - len(p) - len(c)) for p, c in batch])
+            mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in batch])
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            for row, (prompt, completion) in enumerate(batch):
+                positions = slice(len(prompt) - 1, len(prompt) + len(completion) - 1)  # t predicts token t+1
+                sampled, topk_ids, topk_logprobs = self._topk(
+                    logits[row, positions], torch.tensor(completion, device=self.device)
+                )
+                results.append(
+                    TokenLogprobs(np.asarray(completion, dtype=np.int64), sampled, topk_ids, topk_logprobs)
+                )
         return results
 
 

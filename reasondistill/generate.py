@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,8 @@ def prepare_output_dir(config: GenerateConfig, info: TraceInfo) -> TraceInfo:
         existing = read_info(out)
         if existing.recipe_fingerprint == info.recipe_fingerprint:
             existing.check_compatible(info, str(out))
-            return existing
+            # An older minor's dataset is finished at this one; the same recipe rendered the same prompts.
+            return replace(existing, prompt_render=info.prompt_render, schema_version=info.schema_version)
         if not config.overwrite:
             raise ValueError(
                 f"output_dir {out} holds traces made with other settings (recipe fingerprint "
@@ -126,10 +128,7 @@ def run_shard(
     on_batch: Callable[[int, int], None] = lambda prompts, tokens: None,
 ) -> tuple[list[dict], Counter]:
     """Generate (or score), grade and filter one shard's prompts; return its records and counters."""
-    rendered = [
-        render_prompt(tokenizer, p.question, config.system_prompt, config.instruction, config.think_prefill)
-        for p in prompts
-    ]
+    rendered = [render_prompt(tokenizer, p.question, **config.prompt_render()) for p in prompts]
     prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
     records, stats = [], Counter()
     for start in range(0, len(prompts), config.batch_prompts):
@@ -178,7 +177,10 @@ def run_shard(
 
 
 def completion_ids(tokenizer: PreTrainedTokenizerBase, prompt: PromptRecord) -> list[int]:
-    """Token ids of an existing completion, closed with the end-of-turn token the student must learn."""
+    """Token ids of an existing completion: given ids as they are; text tokenized and closed with the
+    end-of-turn token the student must learn."""
+    if isinstance(prompt.completion, tuple):
+        return list(prompt.completion)
     ids = tokenizer(prompt.completion, add_special_tokens=False)["input_ids"]
     return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
 
@@ -249,6 +251,7 @@ def generate(
         seed=config.seed,
         backend=engine_version(config.backend),
         recipe_fingerprint=config.fingerprint(),
+        prompt_render=config.prompt_render(),
     )
 
     # 2. output directory: resume, refuse or start

@@ -72,7 +72,11 @@ class GenerateConfig(EngineConfig):
         },
     )
     completion_field: str | None = field(
-        default=None, metadata={"help": "score mode: column with completions."}
+        default=None,
+        metadata={
+            "help": "score mode: column with completions: text, or token ids (a trace dataset's "
+            "completion_token_ids, scored exactly as stored)."
+        },
     )
     # sampling
     num_samples: int = field(default=1, metadata={"help": "Completions sampled per prompt."})
@@ -120,6 +124,14 @@ class GenerateConfig(EngineConfig):
             raise ValueError(
                 "mode: score needs completion_field, the column holding the completions to score"
             )
+
+    def prompt_render(self) -> dict:
+        """The `render_prompt` settings, as `TraceInfo.prompt_render` records them."""
+        return {
+            "system_prompt": self.system_prompt,
+            "instruction": self.instruction,
+            "think_prefill": self.think_prefill,
+        }
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the records; resume refuses a dataset with another."""

@@ -37,7 +37,7 @@ from reasondistill.quantize import (
 from reasondistill.quantize_config import QuantizeConfig
 from reasondistill.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
 from reasondistill.report import write_report
-from reasondistill.train import RECIPE_FILE, train
+from reasondistill.train import train_unless_done
 from reasondistill.train_config import DistillConfig
 
 DISTILLED = "pruned+distilled"
@@ -118,14 +118,6 @@ def prune_step(config: PruneConfig, log: Callable[[str], None]) -> Path:
     return out
 
 
-def distil_step(model_args: ModelConfig, args: DistillConfig, log: Callable[[str], None]) -> Path:
-    out = Path(args.output_dir)
-    if matches_saved_recipe([model_args, args], out / RECIPE_FILE):
-        log(f"reusing {out}")
-        return out
-    return train(model_args, args)
-
-
 def _layers(path: Path) -> int:
     config = json.loads((path / "config.json").read_text())
     return config["num_hidden_layers"]
@@ -184,7 +176,7 @@ def run_chain(config: PDQConfig, log: Callable[[str], None] = print) -> tuple[li
     log(f"[prune] {config.prune_recipe}")
     pruned = prune_step(prune_config, log)
     log(f"[distil] {config.train_recipe}")
-    distil_step(model_args, train_config, log)
+    train_unless_done(model_args, train_config, log)
     log(f"[quantize] {config.quantize_recipe}")
     reference, artifacts = build_artifacts(quantize_config, log)
     measured, quantized_results = measure_artifacts(reference, artifacts, quantize_config, log)

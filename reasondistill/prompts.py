@@ -27,7 +27,9 @@ class PromptRecord:
     prompt_id: str
     question: str
     gold_answer: str
-    completion: str | None = None  # scoring mode: an existing completion to score
+    # scoring mode: an existing completion to score, as text or as token ids (a trace dataset's
+    # `completion_token_ids`: scored exactly as stored, without re-tokenizing)
+    completion: str | tuple[int, ...] | None = None
 
 
 def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
@@ -62,6 +64,11 @@ def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
             )
         loaded = loaded[split]
     return list(loaded)
+
+
+def completion_of(value) -> str | tuple[int, ...]:
+    """A completion column's value: token ids stay ids, anything else is text."""
+    return tuple(int(t) for t in value) if isinstance(value, list | tuple) else str(value)
 
 
 def load_prompts(
@@ -108,7 +115,7 @@ def load_prompts(
                 prompt_id=str(row[id_field]) if id_field else f"row-{index}",
                 question=str(row[question_field]),
                 gold_answer=gsm8k_gold(answer) if answer_format == "gsm8k" else answer,
-                completion=str(row[completion_field]) if completion_field else None,
+                completion=completion_of(row[completion_field]) if completion_field else None,
             )
         )
     ids = [r.prompt_id for r in records]

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     import datasets
 
-SCHEMA_VERSION = "1.0"  # major.minor; a reader accepts every minor version of its major
+SCHEMA_VERSION = "1.1"  # major.minor; a reader accepts every minor version of its major
 INFO_KEY, SHARD_KEY = b"reasondistill.trace_info", b"reasondistill.shard"  # Parquet footer keys
 INFO_FILE, CARD_FILE, DATA_DIR = "trace_info.json", "README.md", "data"
 LOGPROBS_MODES, FINISH_REASONS = ("raw_logprobs", "processed_logprobs"), ("stop", "length")
@@ -52,6 +52,7 @@ SHARD_NAME = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 TOPK_COLUMNS = ("topk_ids", "topk_logprob_codes")
 STRING_COLUMNS = ("prompt_id", "question", "prompt", "finish_reason", "extracted_answer", "gold_answer")
 REDO = "delete it and re-run `reasondistill generate` with the same recipe and output directory"
+PROMPT_RENDER_KEYS = ("system_prompt", "instruction", "think_prefill")  # render_prompt's settings
 
 
 class TraceFormatError(ValueError):
@@ -92,6 +93,13 @@ class TraceInfo:
     seed: int = field(metadata={"help": "Sampling seed."})
     backend: str = field(metadata={"help": "Generator and its version, e.g. 'vllm 0.11.0'."})
     recipe_fingerprint: str = field(metadata={"help": "fingerprint_settings(generation settings)."})
+    prompt_render: dict | None = field(
+        default=None,
+        metadata={
+            "help": f"render_prompt settings {PROMPT_RENDER_KEYS} the prompts were rendered with; "
+            "None = unknown (schema 1.0)."
+        },
+    )  # added in 1.1
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     schema_version: str = SCHEMA_VERSION
 
@@ -102,6 +110,10 @@ class TraceInfo:
             raise ValueError(f"logprobs_mode={self.logprobs_mode!r} is not one of {LOGPROBS_MODES}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1; got {self.temperature}, {self.top_p}")
+        if self.prompt_render is not None and sorted(self.prompt_render) != sorted(PROMPT_RENDER_KEYS):
+            raise ValueError(
+                f"prompt_render needs exactly the keys {PROMPT_RENDER_KEYS}, got {self.prompt_render}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -120,10 +132,15 @@ class TraceInfo:
                 f"{SCHEMA_VERSION}: use a matching reasondistill version or regenerate the traces"
             )
         names = {f.name for f in fields(cls)}
-        unknown = sorted(data.keys() - names) if version == SCHEMA_VERSION else []  # newer minors may add
-        if bad := sorted(names - data.keys()) + unknown:
+        defaulted = {
+            f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING
+        }
+        same = version == SCHEMA_VERSION
+        unknown = sorted(data.keys() - names) if same else []  # newer minors may add fields
+        optional = set() if same else defaulted  # an older minor lacks the fields added since (defaulted)
+        if bad := sorted(names - data.keys() - optional) + unknown:
             raise TraceFormatError(f"{where}: trace metadata lacks or has unknown field(s) {bad}")
-        data = {name: data[name] for name in names}
+        data = {name: data[name] for name in names & data.keys()}
         try:
             return cls(**data)
         except (TypeError, ValueError) as e:

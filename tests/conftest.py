@@ -28,11 +28,10 @@ def demo_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, demo_tokenizer):
     """A randomly initialised student-size Qwen2 saved like a hub checkpoint."""
-    from reasondistill.demo_models.factory import build_model
+    from reasondistill.demo_models.factory import save_initial_model
 
     directory = tmp_path_factory.mktemp("tiny-qwen2")
-    build_model("student", demo_tokenizer, seed=1).save_pretrained(directory)
-    demo_tokenizer.save_pretrained(directory)
+    save_initial_model("student", demo_tokenizer, directory, seed=1)
     return directory
 
 

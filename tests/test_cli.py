@@ -155,7 +155,12 @@ def test_shipped_generate_recipes_parse(recipe):
 
 
 @pytest.mark.parametrize(
-    "recipe", ["recipes/demo/train.yaml", "recipes/DeepSeek-R1-Distill-Qwen-1.5B/distill/config_gsm8k.yaml"]
+    "recipe",
+    [
+        "recipes/demo/train.yaml",
+        "recipes/DeepSeek-R1-Distill-Qwen-1.5B/distill/config_gsm8k.yaml",
+        "recipes/DeepSeek-R1-Distill-Qwen-1.5B/on_policy/config_gsm8k.yaml",
+    ],
 )
 def test_shipped_train_recipes_parse(recipe):
     from trl import ModelConfig

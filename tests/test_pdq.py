@@ -9,9 +9,10 @@ from conftest import generate_config
 from transformers import AutoModelForCausalLM
 
 from reasondistill.generate import generate
-from reasondistill.pdq import PDQConfig, distil_step, prune_step, run_chain, stage_configs
+from reasondistill.pdq import PDQConfig, prune_step, run_chain, stage_configs
 from reasondistill.recipe import parse_recipe
 from reasondistill.report import load_results
+from reasondistill.train import train_unless_done
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes/demo"
 
@@ -81,7 +82,7 @@ def test_finished_steps_are_reused_and_changed_ones_rerun(chain, chain_recipe, t
     pruned_weights = (out / "pruned" / "model.safetensors").stat().st_mtime_ns
     messages = []
     assert prune_step(prune_config, messages.append) == out / "pruned"
-    assert distil_step(model_args, train_config, messages.append) == out / "distilled"
+    assert train_unless_done(model_args, train_config, messages.append) == out / "distilled"
     assert messages == [f"reusing {out / 'pruned'}", f"reusing {out / 'distilled'}"]
     assert (out / "pruned" / "model.safetensors").stat().st_mtime_ns == pruned_weights
 

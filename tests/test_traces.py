@@ -371,6 +371,27 @@ def test_trace_info_json_is_checked():
         make_info(20, QWEN_VOCAB, logprobs_mode="logits")
 
 
+def test_schema_1_0_info_reads_without_prompt_render_and_unknown_fields_stay_refused():
+    render = {"system_prompt": None, "instruction": "Box it.", "think_prefill": True}
+    info = make_info(20, QWEN_VOCAB, prompt_render=render)
+    assert traces.SCHEMA_VERSION == "1.1" and TraceInfo.from_json(info.to_json()) == info
+    old = json.loads(info.to_json()) | {"schema_version": "1.0"}
+    del old["prompt_render"]  # as a 1.0 writer wrote it
+    parsed = TraceInfo.from_json(json.dumps(old))
+    assert parsed.prompt_render is None and parsed.schema_version == "1.0" and parsed.k == 20
+    del old["seed"]
+    with pytest.raises(TraceFormatError, match=r"\['seed'\]"):
+        TraceInfo.from_json(json.dumps(old))
+    with pytest.raises(TraceFormatError, match=r"\['added'\]"):
+        TraceInfo.from_json(json.dumps(json.loads(info.to_json()) | {"added": 1}))
+    current = json.loads(info.to_json())
+    del current["prompt_render"]  # a 1.1 writer always writes it
+    with pytest.raises(TraceFormatError, match=r"\['prompt_render'\]"):
+        TraceInfo.from_json(json.dumps(current))
+    with pytest.raises(ValueError, match="prompt_render needs exactly the keys"):
+        make_info(20, QWEN_VOCAB, prompt_render={"instruction": None})
+
+
 def test_k20_traces_with_a_qwen_size_vocab_fit_80_bytes_per_token(tmp_path):
     rng = np.random.default_rng(6)
     records = make_records(rng, 20, QWEN_VOCAB, prompts=6, samples=8, mean_T=300)  # ids: random order

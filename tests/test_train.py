@@ -20,7 +20,7 @@ import torch
 from conftest import generate_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-from trl import ModelConfig
+from trl import ModelConfig, get_peft_config
 
 from reasondistill.distill_data import TopKCollator, load_trace_dataset
 from reasondistill.distill_trainer import DistillTrainer
@@ -321,54 +321,141 @@ def test_resume_from_checkpoint_continues_bit_for_bit(tmp_path, trace_dir, tiny_
     ]
 
 
-def test_on_policy_steps_score_student_samples_with_the_teacher(
-    tmp_path, trace_dir, tiny_model_dir, demo_tokenizer
-):
-    from reasondistill.demo_models.factory import build_model
+@pytest.fixture(scope="module")
+def other_teacher_dir(tmp_path_factory, demo_tokenizer):
+    """Another random model of the same tokenizer, so the student's KL to it is not 0."""
+    from reasondistill.demo_models.factory import save_initial_model
 
-    teacher_dir = tmp_path / "teacher"  # another random model of the same tokenizer, so the KL is not 0
-    build_model("student", demo_tokenizer, seed=7).save_pretrained(teacher_dir)
-    demo_tokenizer.save_pretrained(teacher_dir)
+    directory = tmp_path_factory.mktemp("other-teacher")
+    save_initial_model("student", demo_tokenizer, directory, seed=7)
+    return directory
+
+
+def on_policy_trainer(tmp_path, trace_dir, student_dir, teacher_dir, **overrides):
     model_args, args = parse_recipe(
         recipe(
             tmp_path,
-            tiny_model_dir,
+            student_dir,
             trace_dir,
-            lmbda=1.0,
-            teacher_model=str(teacher_dir),
-            on_policy_topk=8,
-            on_policy_max_new_tokens=6,
+            **{
+                "lmbda": 1.0,
+                "teacher_model": str(teacher_dir),
+                "on_policy_topk": 8,
+                "on_policy_max_new_tokens": 6,
+                "on_policy_vllm_gpu_memory_utilization": 0.1,
+                **overrides,
+            },
         ),
         (ModelConfig, DistillConfig),
     )
-    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
-    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    render_with = tokenizer if args.prompt_chat_template == "student" else None
+    dataset, info, _ = load_trace_dataset(str(trace_dir), False, None, render_with)
     collator = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)
     trainer = DistillTrainer(
-        model=student, args=args, data_collator=collator, teacher=teacher, train_dataset=dataset
+        model=AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32),
+        args=args,
+        data_collator=collator,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
     )
-    offline = collator([dataset[i] for i in range(3)])
-    torch.manual_seed(0)
-    online = trainer.on_policy_batch(offline)
+    return trainer, collator([dataset[i] for i in range(3)]), (model_args, args)
+
+
+def assert_teacher_topk_on_completions(
+    online: dict, offline: dict, teacher_dir: Path, atol: float, teacher_prompts: list | None = None
+) -> None:
+    """Prompts kept, 1..6 sampled tokens, and their targets = brute-force top-8 of the teacher's forward
+    on (its prompt: `teacher_prompts`, else the student's) + the sampled tokens."""
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
     assert online["prompt_lengths"].tolist() == offline["prompt_lengths"].tolist()
     for b, p in enumerate(online["prompt_lengths"].tolist()):
         assert online["input_ids"][b, :p].tolist() == offline["input_ids"][b, :p].tolist()
         n = int((online["labels"][b] != -100).sum())
         assert 1 <= n <= 6
-        tokens = online["input_ids"][b, : p + n]
-        with torch.no_grad():  # brute force: the teacher's full distribution at each sampled token
+        prompt = online["input_ids"][b, :p].tolist() if teacher_prompts is None else teacher_prompts[b]
+        tokens = torch.tensor(prompt + online["input_ids"][b, p : p + n].tolist())
+        with torch.no_grad():  # the teacher's full distribution at each sampled token
             logprobs = torch.log_softmax(teacher(input_ids=tokens[None]).logits[0].double(), -1)
-        top = logprobs[p - 1 : p - 1 + n].topk(8)
+        top = logprobs[len(prompt) - 1 : len(prompt) - 1 + n].topk(8)
         torch.testing.assert_close(
-            online["topk_logprobs"][b, p : p + n].double(), top.values, atol=1e-5, rtol=0
+            online["topk_logprobs"][b, p : p + n].double(), top.values, atol=atol, rtol=0
         )
         assert online["topk_ids"][b, p : p + n].tolist() == top.indices.tolist()
+
+
+def test_on_policy_steps_score_student_samples_with_the_teacher(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+):
+    trainer, offline, (model_args, args) = on_policy_trainer(
+        tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+    )
+    assert_teacher_topk_on_completions(trainer.on_policy_batch(offline), offline, other_teacher_dir, 1e-5)
     out = train(model_args, args)
     logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "kd" in h]
     assert len(logs) == 2 and all(
         h["on_policy"] == 1.0 and np.isfinite(h["kd"]) and h["kd"] > 0 for h in logs
     )
+
+
+@pytest.mark.slow
+def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transformers(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+):
+    """vLLM samples with the adapter as it is now (hot-loaded every step) and scores with prompt_logprobs."""
+    from reasondistill.on_policy import TransformersSampler, VllmLoraSampler
+
+    trainer, offline, (model_args, args) = on_policy_trainer(
+        tmp_path,
+        trace_dir,
+        tiny_model_dir,
+        other_teacher_dir,
+        use_peft=True,
+        lora_target_modules=["q_proj", "v_proj", "up_proj"],
+        on_policy_temperature=0.0,  # greedy: vLLM and transformers must pick the same tokens
+        on_policy_student_backend="vllm",
+        on_policy_teacher_backend="vllm",
+    )
+    assert isinstance(trainer.student_sampler, VllmLoraSampler)
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    prompts = [offline["input_ids"][b, :n].tolist() for b, n in enumerate(offline["prompt_lengths"].tolist())]
+    reference = TransformersSampler(args, pad_token_id=0)
+    try:
+        samples = []
+        for seed in (1, 2):  # a new adapter each time: vLLM must follow it, not keep the first one
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for name, weight in student.named_parameters():
+                    if "lora_B" in name:
+                        weight.normal_(0, 1.0, generator=generator)
+            samples.append(reference.sample(student, prompts, seed=0))
+            assert trainer.student_sampler.sample(student, prompts, seed=0) == samples[-1]
+        assert samples[0] != samples[1]  # the two adapters sample differently, so following them shows
+        assert_teacher_topk_on_completions(trainer.on_policy_batch(offline), offline, other_teacher_dir, 1e-4)
+        trainer.args.max_steps = 2
+        trainer.train()
+    finally:
+        trainer.student_sampler.close()
+        trainer.teacher_scorer.close()
+    logs = [h for h in trainer.state.log_history if "kd" in h]
+    assert len(logs) == 2 and all(h["on_policy"] == 1.0 and h["kd"] > 0 for h in logs)
+
+
+def test_on_policy_topk_must_match_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
+    with pytest.raises(ValueError, match="set on_policy_topk: 8"):
+        on_policy_trainer(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_topk=5)
+
+
+def test_vllm_student_sampling_refuses_full_finetuning_on_cpu(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+):
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA full fine-tuning samples through TRL's VLLMGeneration")
+    with pytest.raises(ValueError, match="needs a LoRA student"):
+        on_policy_trainer(
+            tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_student_backend="vllm"
+        )
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ kernels require.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
@@ -93,6 +94,16 @@ def build_model(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def save_initial_model(size: str, tokenizer: PreTrainedTokenizerBase, directory: Path, seed: int) -> bool:
+    """A random `size` model (with `tokenizer`) saved in `directory` unless one is there; True if built."""
+    if (directory / "config.json").exists():
+        return False
+    model = build_model(size, tokenizer, seed=seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return True
 
 
 def count_parameters(model: torch.nn.Module) -> int:

