@@ -442,6 +442,35 @@ def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transforme
     assert len(logs) == 2 and all(h["on_policy"] == 1.0 and h["kd"] > 0 for h in logs)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TRL's VLLMGeneration (colocate mode) needs CUDA")
+def test_full_finetuning_pushes_the_current_weights_into_trl_vllm(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+):
+    """GPU check: after `sample`, vLLM's copy of the student holds the training weights of that moment."""
+    from reasondistill.on_policy import TrlVllmSampler
+
+    trainer, offline, _ = on_policy_trainer(
+        tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_student_backend="vllm"
+    )
+    assert isinstance(trainer.student_sampler, TrlVllmSampler)
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    prompts = [offline["input_ids"][b, :n].tolist() for b, n in enumerate(offline["prompt_lengths"].tolist())]
+    served = trainer.student_sampler.generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    name = "model.layers.0.self_attn.o_proj.weight"  # not packed by vLLM: comparable one to one
+    try:
+        for seed in (1, 2):
+            with torch.no_grad():
+                weight = student.get_parameter(name)
+                weight.copy_(0.1 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed)))
+            completions = trainer.student_sampler.sample(student, prompts, seed=0)
+            assert len(completions) == len(prompts) and all(1 <= len(c) <= 6 for c in completions)
+            pushed = served.get_parameter(name)
+            torch.testing.assert_close(pushed.float(), student.get_parameter(name).to(pushed).float())
+    finally:
+        trainer.student_sampler.close()
+        trainer.teacher_scorer.close()
+
+
 def test_on_policy_topk_must_match_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
     with pytest.raises(ValueError, match="set on_policy_topk: 8"):
         on_policy_trainer(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_topk=5)
