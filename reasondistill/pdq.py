@@ -174,9 +174,10 @@ def run_chain(config: PDQConfig, log: Callable[[str], None] = print) -> tuple[li
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_recipe([config], out / "pdq_recipe.yaml")
     log(f"[prune] {config.prune_recipe}")
+    repruned = not matches_saved_recipe([prune_config], Path(prune_config.output_dir) / PRUNE_RECIPE_FILE)
     pruned = prune_step(prune_config, log)
     log(f"[distil] {config.train_recipe}")
-    train_unless_done(model_args, train_config, log)
+    train_unless_done(model_args, train_config, log, redo=repruned)  # a new pruned model: distil it again
     log(f"[quantize] {config.quantize_recipe}")
     reference, artifacts = build_artifacts(quantize_config, log)
     measured, quantized_results = measure_artifacts(reference, artifacts, quantize_config, log)

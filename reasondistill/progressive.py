@@ -23,6 +23,7 @@ reused; generation resumes. LoRA steps save their merged model, which the next s
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,10 @@ from reasondistill.evaluate_config import EvaluateConfig
 from reasondistill.generate import generate
 from reasondistill.generate_config import GenerateConfig
 from reasondistill.measure import parameter_count
-from reasondistill.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
 from reasondistill.report import write_report
 from reasondistill.traces import trace_totals
-from reasondistill.train import MERGED_DIR, train_unless_done
+from reasondistill.train import MERGED_DIR, RECIPE_FILE, train_unless_done
 from reasondistill.train_config import DistillConfig
 
 DEMO_PREFIX = "demo:"
@@ -68,7 +69,12 @@ class ProgressiveConfig:
         default="recipes/demo/evaluate.yaml", metadata={"help": "Recipe of the final evaluation."}
     )
     train_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "Overrides of the train recipe: [--key, value, ...]."}
+        default_factory=list,
+        metadata={"help": "Overrides of the train recipe, every step: [--key, value, ...]."},
+    )
+    assistant_train_overrides: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Further overrides for the assistants' steps only (e.g. a larger budget)."},
     )
     generate_overrides: list[str] = field(
         default_factory=list, metadata={"help": "Overrides of the generate recipe: [--key, value, ...]."}
@@ -123,6 +129,7 @@ def steps(config: ProgressiveConfig, traces_of: dict[str, str]) -> list[Step]:
             config.train_recipe,
             (ModelConfig, DistillConfig),
             config.train_overrides
+            + (config.assistant_train_overrides if name.startswith("assistant") else [])
             + ["--model_name_or_path", start, "--traces", traces_of[teacher_name]]
             + ["--output_dir", str(out / name)],
         )
@@ -187,14 +194,24 @@ def run_progressive(
     save_resolved_recipe([config], out / "progressive_recipe.yaml")
 
     tokenizer = AutoTokenizer.from_pretrained(config.teacher)
+    retrained = set()  # models trained in this run: what learned from their old traces is stale
     for step in chain:
         if step.init.startswith(DEMO_PREFIX):  # a fresh demo model: the teacher's tokenizer, the step's seed
             size, start = step.init.removeprefix(DEMO_PREFIX), Path(step.model_args.model_name_or_path)
             save_initial_model(size, tokenizer, start, step.args.seed)
         log(f"[train] {step.name} <- {step.teacher_name}'s traces ({step.args.traces})")
-        train_unless_done(step.model_args, step.args, log)
+        redo = step.teacher_name in retrained
+        if redo or not matches_saved_recipe(
+            [step.model_args, step.args], Path(step.args.output_dir) / RECIPE_FILE
+        ):
+            retrained.add(step.name)
+        train_unless_done(step.model_args, step.args, log, redo=redo)
         if step.name in generate_configs:
             log(f"[generate] {step.name}'s traces")
+            traces = Path(traces_of[step.name])
+            if step.name in retrained and traces.exists():  # the same settings, but another model's
+                log(f"removing {traces}: written by the {step.name} trained before this run")
+                shutil.rmtree(traces)
             generate(generate_configs[step.name], log=log)
 
     models = [("teacher", Path(config.teacher), "-")] + [

@@ -50,16 +50,19 @@ def build_artifacts(
     out = Path(config.output_dir)
     reference = prepare_reference(config, log)
     artifacts = []
+    f16 = out / get_profile("gguf-f16").artifact
+    f16_exported = False  # in this call: an F16 file from an earlier run may be another model's
     for profile in map(get_profile, config.profiles):
         path = out / profile.artifact
         if profile.format == "bnb":
             quantize_bnb(reference, path, profile.bnb_bits, config.double_quant, config.compute_dtype)
         elif profile.gguf_type in WRITTEN_HERE:
             export_gguf(reference, path, profile.gguf_type)
+            f16_exported = f16_exported or path == f16
         else:  # a K-quant: llama.cpp quantizes the F16 export
-            f16 = out / get_profile("gguf-f16").artifact
-            if not f16.exists():
+            if not f16_exported:
                 export_gguf(reference, f16, "F16")
+                f16_exported = True
             llama_quantize(f16, path, profile.gguf_type)
         log(f"{profile.name} ({profile.device}): {path}")
         artifacts.append(Artifact(profile.name, path))

@@ -113,10 +113,13 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
     return out
 
 
-def train_unless_done(model_args: ModelConfig, args: DistillConfig, log=print) -> Path:
-    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused)."""
+def train_unless_done(model_args: ModelConfig, args: DistillConfig, log=print, redo: bool = False) -> Path:
+    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused).
+
+    `redo`: an input changed behind an unchanged path (a rebuilt model, regenerated traces), so a
+    finished run of the same settings is stale."""
     out = Path(args.output_dir)
-    if matches_saved_recipe([model_args, args], out / RECIPE_FILE):
+    if not redo and matches_saved_recipe([model_args, args], out / RECIPE_FILE):
         log(f"reusing {out}")
         return out
     return train(model_args, args)

@@ -127,3 +127,15 @@ def test_shipped_pdq_recipe_parses_with_its_stage_recipes(monkeypatch):
     assert model_args.model_name_or_path == str(Path(config.output_dir) / "pruned")
     assert quantize_config.model == str(Path(config.output_dir) / "distilled")
     assert quantize_config.benchmark == "arithmetic"
+
+
+def test_a_repruned_model_is_distilled_again_in_the_same_directory(chain_recipe, tmp_path):
+    """The distil step's settings name the same pruned path, but the model behind it changed."""
+    (config,) = parse_recipe(chain_recipe, (PDQConfig,), ["--output_dir", str(tmp_path / "out")])
+    run_chain(config, log=lambda *_: None)
+    config.prune_overrides = ["--intermediate_size", "128"]
+    messages = []
+    run_chain(config, log=messages.append)
+    assert not any(m.startswith("reusing") for m in messages)
+    distilled = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "distilled")
+    assert distilled.config.intermediate_size == 128

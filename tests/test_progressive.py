@@ -93,6 +93,14 @@ def test_chain_trains_each_model_on_the_traces_of_the_one_before(tmp_path, tiny_
     messages.clear()
     run_progressive(config(tmp_path, tiny_model_dir, teacher_traces), messages.append)
     assert sum(m.startswith("reusing") for m in messages) == 3
+    # a retrained assistant: its traces are rewritten and the student relearns them; the direct one stays
+    messages.clear()
+    longer = config(tmp_path, tiny_model_dir, teacher_traces, assistant_train_overrides=["--max_steps", "3"])
+    run_progressive(longer, messages.append)
+    assert [m for m in messages if m.startswith("reusing")] == [f"reusing {out / 'student-direct'}"]
+    assert json.loads((out / "assistant-1" / "trainer_state.json").read_text())["global_step"] == 3
+    rescored = sorted(load_traces(out / "traces-assistant-1"), key=lambda r: r["completion"])
+    assert [r["topk_logprob_codes"] for r in rescored] != [r["topk_logprob_codes"] for r in scored]
 
 
 def test_sampling_assistants_hand_on_their_own_traces(tmp_path, tiny_model_dir, teacher_traces):
