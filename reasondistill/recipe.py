@@ -268,11 +268,27 @@ def save_resolved_recipe(configs: Iterable[object], path: str | os.PathLike) -> 
 
 def matches_saved_recipe(configs: Iterable[object], path: str | os.PathLike) -> bool:
     """Whether `path` (a run's saved recipe) holds exactly these resolved settings, so that the finished
-    run can be reused instead of repeated."""
+    run can be reused instead of repeated.
+
+    A field the saved recipe lacks matches when it holds its default: it was added by a later version,
+    and a run from before it existed did what its default does."""
     if not Path(path).is_file():
         return False
+    configs = list(configs)
     with tempfile.TemporaryDirectory() as tmp:
         save_resolved_recipe(configs, Path(tmp) / "recipe.yaml")
-        return (Path(tmp) / "recipe.yaml").read_text(encoding="utf-8") == Path(path).read_text(
-            encoding="utf-8"
-        )
+        current = yaml.safe_load((Path(tmp) / "recipe.yaml").read_text(encoding="utf-8"))
+    saved = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(saved, dict) or saved.keys() - current.keys():
+        return False
+    defaults = {}
+    for config in configs:
+        for field in dataclasses.fields(config):
+            if field.default is not dataclasses.MISSING:
+                defaults.setdefault(field.name, _plain(field.default))
+            elif field.default_factory is not dataclasses.MISSING:
+                defaults.setdefault(field.name, _plain(field.default_factory()))
+    return all(
+        saved[name] == value if name in saved else name in defaults and defaults[name] == value
+        for name, value in current.items()
+    )

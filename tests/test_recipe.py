@@ -250,3 +250,26 @@ def test_transformers_training_arguments(tmp_path, training_args_type):
     bad = write(tmp_path, f"output_dir: {tmp_path}\nlr_scheduler_type: cosin\n", "bad.yaml")
     with pytest.raises(RecipeError, match=r"bad.yaml: key 'lr_scheduler_type' expects one of .*'cosine'"):
         parse_recipe(bad, [training_args_type])
+
+
+def test_a_saved_run_matches_only_the_same_settings(tmp_path):
+    from reasondistill.recipe import matches_saved_recipe
+
+    configs = parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\n"), TYPES)
+    saved = tmp_path / "saved.yaml"
+    save_resolved_recipe(configs, saved)
+    assert matches_saved_recipe(configs, saved)
+    assert not matches_saved_recipe(
+        parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\nmax_steps: 11\n"), TYPES), saved
+    )
+    # a run saved before `packing` existed did what its default does, and nothing else
+    older = tmp_path / "older.yaml"
+    older.write_text("".join(line for line in saved.read_text().splitlines(True) if "packing" not in line))
+    assert matches_saved_recipe(configs, older)
+    assert not matches_saved_recipe(
+        parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\npacking: false\n"), TYPES), older
+    )
+    newer = tmp_path / "newer.yaml"  # a field this version does not know
+    newer.write_text(saved.read_text() + "unknown_field: 1\n")
+    assert not matches_saved_recipe(configs, newer)
+    assert not matches_saved_recipe(configs, tmp_path / "missing.yaml")
