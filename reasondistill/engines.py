@@ -90,6 +90,11 @@ class Completion(TokenLogprobs):
     finish_reason: str = "stop"  # "stop" (end-of-turn token) or "length" (hit max_tokens)
 
 
+def end_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    """A sampled completion up to and including its first end-of-turn token."""
+    return tokens[: next((i + 1 for i, t in enumerate(tokens) if t in eos_ids), len(tokens))]
+
+
 def _flat_to_arrays(flat, first: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """vLLM FlatLogprobs from position `first` on -> sampled [T], topk_ids [T,k], topk_logprobs [T,k].
 
@@ -261,18 +266,17 @@ class TransformersEngine:
             for row in range(new_tokens.shape[0]):
                 if row % sampling.n == 0:
                     results.append([])
-                tokens = new_tokens[row].tolist()
-                stop = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
-                length = len(tokens) if stop is None else stop + 1
+                tokens = end_at_eos(new_tokens[row].tolist(), self.eos_ids)
+                length = len(tokens)
                 sampled, topk_ids, topk_logprobs = self._topk(logits[row, :length], new_tokens[row, :length])
                 results[-1].append(
                     Completion(
-                        token_ids=np.asarray(tokens[:length], dtype=np.int64),
+                        token_ids=np.asarray(tokens, dtype=np.int64),
                         sampled_logprobs=sampled,
                         topk_ids=topk_ids,
                         topk_logprobs=topk_logprobs,
-                        text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True),
-                        finish_reason="length" if stop is None else "stop",
+                        text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                        finish_reason="stop" if tokens[-1] in self.eos_ids else "length",
                     )
                 )
         return results

@@ -27,15 +27,10 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from reasondistill.engines import EngineConfig, TransformersEngine, VllmEngine, load_engine
+from reasondistill.engines import EngineConfig, TransformersEngine, VllmEngine, end_at_eos, load_engine
 from reasondistill.train_config import DistillConfig
 
 ADAPTER_DIR = "on_policy_adapter"  # under output_dir: the adapter vLLM hot-loads, rewritten every step
-
-
-def end_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
-    """A sampled completion up to and including its first end-of-turn token."""
-    return tokens[: next((i + 1 for i, t in enumerate(tokens) if t in eos_ids), len(tokens))]
 
 
 class TransformersSampler:
@@ -108,7 +103,6 @@ class VllmLoraSampler:
                 "use on_policy_student_backend: transformers, or a LoRA rank <= 512 without modules_to_save"
             )
         self.args = args
-        self.model = model
         self.adapter_dir = Path(args.output_dir) / ADAPTER_DIR
         self.llm = LLM(
             model=model.get_base_model().name_or_path,
@@ -129,7 +123,7 @@ class VllmLoraSampler:
     def sample(self, model: PreTrainedModel, prompts: list[list[int]], seed: int) -> list[list[int]]:
         from vllm.lora.request import LoRARequest
 
-        self.model.save_pretrained(self.adapter_dir)  # the adapter only: a few MB
+        model.save_pretrained(self.adapter_dir)  # the adapter only: a few MB
         adapter = LoRARequest("student", 1, str(self.adapter_dir), load_inplace=True)
         outputs = self.llm.generate(
             [{"prompt_token_ids": p} for p in prompts],

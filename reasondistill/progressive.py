@@ -113,12 +113,16 @@ class Step:
     args: DistillConfig
 
 
+def assistant_names(config: ProgressiveConfig) -> list[str]:
+    return [f"assistant-{i + 1}" for i in range(len(config.assistants))]
+
+
 def steps(config: ProgressiveConfig, traces_of: dict[str, str]) -> list[Step]:
     """Every step's parsed train settings, up front: a bad recipe or override fails before any training.
 
     `traces_of[name]` is the trace directory model `name` writes (the teacher's is given)."""
     out = Path(config.output_dir)
-    names = [f"assistant-{i + 1}" for i in range(len(config.assistants))] + ["student"]
+    names = assistant_names(config) + ["student"]
     chain = list(zip(names, [*config.assistants, config.student], ["teacher", *names[:-1]], strict=True))
     if config.direct_baseline:
         chain.append(("student-direct", config.student, "teacher"))
@@ -178,7 +182,7 @@ def run_progressive(
 ) -> tuple[list[dict], list[RunResult]]:
     """Run the chain; returns (one table row per model, the evaluation results)."""
     out = Path(config.output_dir)
-    names = [f"assistant-{i + 1}" for i in range(len(config.assistants))]
+    names = assistant_names(config)
     traces_of = {"teacher": config.traces} | {n: str(out / f"traces-{n}") for n in names}
     chain = steps(config, traces_of)
     generate_configs = {  # each assistant writes traces for the next model in the chain
