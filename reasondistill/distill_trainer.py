@@ -11,12 +11,13 @@ What differs from `SFTTrainer`, and nothing else:
   runs give the loss of the whole batch, and logs the two terms (`ce`, `kd`) separately;
 - on-policy steps (GKD's lmbda): for that share of optimizer steps, every micro-batch's completions are
   replaced by ones the student samples, scored by the live teacher (`reasondistill.on_policy`: transformers
-  or vLLM on either side); only the divergence trains on them.
+  or vLLM on either side; one sampling call per optimizer step); only the divergence trains on them.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import types
 from dataclasses import dataclass
 
@@ -151,8 +152,8 @@ class DistillTrainer(SFTTrainer):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         # torch's global RNG: Trainer checkpoints it, so a resumed run makes the same choices
         self._on_policy_step = self.args.lmbda > 0 and torch.rand(()).item() < self.args.lmbda
-        if self._on_policy_step:
-            batches = [self.on_policy_batch(batch) for batch in batches]
+        if self._on_policy_step and batches:
+            batches = self.on_policy_batches(batches)
             num_items = self._get_num_items_in_batch(batches, device)
         kd_items = sum(token_counts(batch)[1] for batch in batches) if batches else None
         if kd_items is not None:
@@ -162,25 +163,41 @@ class DistillTrainer(SFTTrainer):
         self._num_kd_items_in_batch = kd_items
         return batches, num_items
 
-    def on_policy_batch(self, batch: dict) -> dict:
-        """The batch's prompts with completions the student samples now and the teacher's top-k on them."""
-        prompts = [batch["input_ids"][b, :n].tolist() for b, n in enumerate(batch["prompt_lengths"].tolist())]
+    def on_policy_batches(self, batches: list[dict]) -> list[dict]:
+        """The micro-batches' prompts, with completions the student samples now and the teacher's top-k.
+
+        One sampler call for the whole accumulated batch: vLLM syncs the weights (or loads the adapter)
+        once per optimizer step and generates for all its prompts together."""
+        prompts = [
+            [batch["input_ids"][b, :n].tolist() for b, n in enumerate(batch["prompt_lengths"].tolist())]
+            for batch in batches
+        ]
+        flat_prompts = [prompt for group in prompts for prompt in group]
         seed = int(torch.randint(2**31 - 1, ()))  # torch's global RNG: checkpoints restore it
-        completions = self.student_sampler.sample(self.accelerator.unwrap_model(self.model), prompts, seed)
-        # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
-        teacher_prompts = batch.get("teacher_prompt_token_ids", prompts)
-        scores = self.teacher_scorer.score(teacher_prompts, completions)  # raw logprobs: gen_temperature 1
-        return self.data_collator(
-            [
-                {
-                    "prompt_token_ids": prompt,
-                    "completion_token_ids": completion,
-                    "topk_ids": score.topk_ids,
-                    "topk_logprobs": score.topk_logprobs,
-                }
-                for prompt, completion, score in zip(prompts, completions, scores, strict=True)
-            ]
+        completions = self.student_sampler.sample(
+            self.accelerator.unwrap_model(self.model), flat_prompts, seed
         )
+        # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
+        teacher_prompts = [
+            prompt
+            for batch, group in zip(batches, prompts, strict=True)
+            for prompt in batch.get("teacher_prompt_token_ids", group)
+        ]
+        scores = self.teacher_scorer.score(teacher_prompts, completions)  # raw logprobs: gen_temperature 1
+        records = [
+            {
+                "prompt_token_ids": prompt,
+                "completion_token_ids": completion,
+                "topk_ids": score.topk_ids,
+                "topk_logprobs": score.topk_logprobs,
+            }
+            for prompt, completion, score in zip(flat_prompts, completions, scores, strict=True)
+        ]
+        ends = itertools.accumulate(len(group) for group in prompts)
+        return [
+            self.data_collator(records[end - len(group) : end])
+            for group, end in zip(prompts, ends, strict=True)
+        ]
 
     def train(self, *args, **kwargs):
         try:

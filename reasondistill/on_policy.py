@@ -34,7 +34,8 @@ ADAPTER_DIR = "on_policy_adapter"  # under output_dir: the adapter vLLM hot-load
 
 
 class TransformersSampler:
-    """`generate` on the training model (left-padded batch; temperature 0 = greedy)."""
+    """`generate` on the training model, in left-padded batches of `on_policy_generation_batch_size`
+    prompts (default: the training micro-batch size); temperature 0 = greedy."""
 
     def __init__(self, args: DistillConfig, pad_token_id: int):
         self.args, self.pad_token_id = args, pad_token_id
@@ -47,7 +48,12 @@ class TransformersSampler:
         device = model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # a function of the seed, whatever else drew from torch's RNG
-            return self._generate(model, prompts)
+            size = self.args.on_policy_generation_batch_size or self.args.per_device_train_batch_size
+            return [
+                completion
+                for start in range(0, len(prompts), size)
+                for completion in self._generate(model, prompts[start : start + size])
+            ]
 
     def _generate(self, model: PreTrainedModel, prompts: list[list[int]]) -> list[list[int]]:
         device = model.device

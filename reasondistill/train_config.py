@@ -93,6 +93,15 @@ class DistillConfig(SFTConfig):
     on_policy_topk: int = field(
         default=20, metadata={"help": "Teacher top-k kept per token when it scores on-policy samples."}
     )
+    on_policy_generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts per `generate` call when on_policy_student_backend is transformers; None = "
+            "per_device_train_batch_size (the memory the recipe budgets). A step's micro-batches are sampled "
+            "together, so up to per_device_train_batch_size x gradient_accumulation_steps can share a call: "
+            "fewer, larger calls are faster where memory allows. vLLM batches by itself."
+        },
+    )
     on_policy_student_backend: str = field(
         default="transformers",
         metadata={
@@ -169,6 +178,11 @@ class DistillConfig(SFTConfig):
         if self.on_policy_temperature < 0 or not 0 < self.on_policy_vllm_gpu_memory_utilization <= 1:
             raise ValueError(
                 "need on_policy_temperature >= 0 and 0 < on_policy_vllm_gpu_memory_utilization <= 1"
+            )
+        generation_batch = self.on_policy_generation_batch_size
+        if generation_batch is not None and generation_batch < 1:
+            raise ValueError(
+                f"on_policy_generation_batch_size must be >= 1 (or null), got {generation_batch}"
             )
         if self.lmbda > 0 and self.kd_weight == 0:
             raise ValueError("on-policy steps train only the divergence term; set kd_weight > 0 or lmbda: 0")

@@ -175,5 +175,5 @@ def test_on_policy_teacher_scores_after_its_own_prompt(tmp_path, trace_dir, stud
     )
     teacher_prompts = offline["teacher_prompt_token_ids"]
     assert teacher_prompts == [r["prompt_token_ids"] for r in list(load_traces(trace_dir))[:3]]
-    online = trainer.on_policy_batch(offline)
+    (online,) = trainer.on_policy_batches([offline])
     assert_teacher_topk_on_completions(online, offline, r1_teacher, 1e-5, teacher_prompts)

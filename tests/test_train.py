@@ -388,15 +388,59 @@ def assert_teacher_topk_on_completions(
 def test_on_policy_steps_score_student_samples_with_the_teacher(
     tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
 ):
+    """All micro-batches of an optimizer step are sampled in one call (one weight sync / adapter load for
+    vLLM) and each gets back its own prompts, with the teacher's top-k on the student's samples."""
     trainer, offline, (model_args, args) = on_policy_trainer(
-        tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+        tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, gradient_accumulation_steps=2
     )
-    assert_teacher_topk_on_completions(trainer.on_policy_batch(offline), offline, other_teacher_dir, 1e-5)
-    out = train(model_args, args)
+    dataset, _, _ = load_trace_dataset(str(trace_dir), False, None)
+    second = trainer.data_collator([dataset[i] for i in (3, 4)])
+    sample, sampled = trainer.student_sampler.sample, []
+
+    def counting_sample(model, prompts, seed):
+        sampled.append(len(prompts))
+        return sample(model, prompts, seed)
+
+    trainer.student_sampler.sample = counting_sample
+    online = trainer.on_policy_batches([offline, second])
+    assert sampled == [5]
+    assert_teacher_topk_on_completions(online[0], offline, other_teacher_dir, 1e-5)
+    assert_teacher_topk_on_completions(online[1], second, other_teacher_dir, 1e-5)
+    out = train(model_args, args)  # 2 steps of 2 accumulated micro-batches, all on-policy
     logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "kd" in h]
     assert len(logs) == 2 and all(
         h["on_policy"] == 1.0 and np.isfinite(h["kd"]) and h["kd"] > 0 for h in logs
     )
+
+
+def test_transformers_sampling_in_chunks_gives_each_prompt_its_own_completion(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+):
+    """Greedy completions of 5 prompts generated 2 at a time (left-padded) equal those generated alone."""
+    trainer, offline, _ = on_policy_trainer(
+        tmp_path,
+        trace_dir,
+        tiny_model_dir,
+        other_teacher_dir,
+        on_policy_temperature=0.0,
+        on_policy_generation_batch_size=2,
+    )
+    dataset, _, _ = load_trace_dataset(str(trace_dir), False, None)
+    prompts = [list(p) for p in dict.fromkeys(map(tuple, dataset["prompt_token_ids"]))][:5]
+    assert len(prompts) == 5 and len(set(map(len, prompts))) > 1  # distinct, and padding is exercised
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # larger random weights, so that greedy completions depend on the prompt
+        for weight in student.parameters():
+            weight.normal_(0, 0.5, generator=generator)
+    in_chunks = trainer.student_sampler.sample(student, prompts, seed=0)
+    trainer.args.on_policy_generation_batch_size = 1
+    alone = trainer.student_sampler.sample(student, prompts, seed=0)
+    assert in_chunks == alone and len(set(map(tuple, alone))) == 5
+    with pytest.raises(ValueError, match="on_policy_generation_batch_size must be >= 1"):
+        on_policy_trainer(
+            tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_generation_batch_size=0
+        )
 
 
 @pytest.mark.slow
@@ -432,7 +476,8 @@ def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transforme
             samples.append(reference.sample(student, prompts, seed=0))
             assert trainer.student_sampler.sample(student, prompts, seed=0) == samples[-1]
         assert samples[0] != samples[1]  # the two adapters sample differently, so following them shows
-        assert_teacher_topk_on_completions(trainer.on_policy_batch(offline), offline, other_teacher_dir, 1e-4)
+        (online,) = trainer.on_policy_batches([offline])
+        assert_teacher_topk_on_completions(online, offline, other_teacher_dir, 1e-4)
         trainer.args.max_steps = 2
         trainer.train()
     finally:
