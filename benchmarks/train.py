@@ -21,8 +21,9 @@ training model or with vLLM (adapter saved and hot-loaded every step); the teach
 transformers forward or vLLM `prompt_logprobs`. Baseline: off-policy steps on the stored traces. Then
 the same prompts per step in 4 accumulated micro-batches, sampled in one call per step: vLLM
 generates all at once, transformers in chunks of `on_policy_generation_batch_size` (by default the
-micro-batch). vLLM's engines run in their own processes, which "peak extra" (the training process)
-does not count.
+micro-batch). "sample" and "score" are the median times of the student's sampling call and the
+teacher's scoring call per step. vLLM's engines run in their own processes, which "peak extra" (the
+training process) does not count.
 
 Table 3, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
 backward through the lm_head: plain CE on full logits, a naive dense top-k KL (targets scattered into
@@ -172,9 +173,29 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
             processing_class=tokenizer,
             callbacks=[StepTimer()],
         )
+    parts: dict[str, list[float]] = {"sample_s": [], "score_s": []}
+    for part, engine, method in (
+        ("sample_s", trainer.student_sampler, "sample"),
+        ("score_s", trainer.teacher_scorer, "score"),
+    ):
+        if engine is not None:  # on-policy: time the student's sampling and the teacher's scoring too
+            setattr(engine, method, timed(getattr(engine, method), parts[part]))
     resident = start_peak()
     trainer.train()
-    return {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_extra(resident)}
+    result = {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_extra(resident)}
+    return result | {part: statistics.median(values[3:]) for part, values in parts.items() if values}
+
+
+def timed(function, times: list[float]):
+    """`function`, appending the wall time of every call to `times`."""
+
+    def timed_function(*args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+        return result
+
+    return timed_function
 
 
 def loss_case(
@@ -243,14 +264,17 @@ def subprocess_case(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(title: str, rows: dict[str, dict], baseline: str) -> None:
+def table(title: str, rows: dict[str, dict], baseline: str, parts: tuple[str, ...] = ()) -> None:
+    """Markdown rows of step time and peak memory as ratios to `baseline`, then the `parts` columns."""
     base = rows[baseline]
-    print(f"\n{title}\n| case | step (s) | x {baseline} | peak extra (MiB) | x {baseline} |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    header = "".join(f" {part} (s) |" for part in parts)
+    print(f"\n{title}\n| case | step (s) | x {baseline} | peak extra (MiB) | x {baseline} |{header}")
+    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(parts))
     for name, r in rows.items():
+        cells = "".join(f" {r[f'{part}_s']:.3f} |" if f"{part}_s" in r else " - |" for part in parts)
         print(
             f"| {name} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
-            f"{r['peak_extra_mib']:.0f} | {r['peak_extra_mib'] / max(base['peak_extra_mib'], 1):.2f} |"
+            f"{r['peak_extra_mib']:.0f} | {r['peak_extra_mib'] / max(base['peak_extra_mib'], 1):.2f} |{cells}"
         )
 
 
@@ -302,6 +326,7 @@ def main() -> None:
             f"{args.new_tokens} new tokens; median step after 3 warm-up)",
             {name: subprocess_case("trainer", case, *steps) for case, (name, *_) in ON_POLICY_CASES.items()},
             ON_POLICY_CASES["lora_off_policy"][0],
+            parts=("sample", "score"),
         )
     if args.only not in (None, "loss"):
         return
