@@ -33,6 +33,11 @@ from reasondistill.train_config import DistillConfig
 ADAPTER_DIR = "on_policy_adapter"  # under output_dir: the adapter vLLM hot-loads, rewritten every step
 
 
+def generation_batch_size(args: DistillConfig) -> int:
+    """Sequences per transformers `generate` call or teacher forward in on-policy steps."""
+    return args.on_policy_generation_batch_size or args.per_device_train_batch_size
+
+
 class TransformersSampler:
     """`generate` on the training model, in left-padded batches of `on_policy_generation_batch_size`
     prompts (default: the training micro-batch size); temperature 0 = greedy."""
@@ -48,7 +53,7 @@ class TransformersSampler:
         device = model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # a function of the seed, whatever else drew from torch's RNG
-            size = self.args.on_policy_generation_batch_size or self.args.per_device_train_batch_size
+            size = generation_batch_size(self.args)
             return [
                 completion
                 for start in range(0, len(prompts), size)
@@ -207,4 +212,4 @@ def load_teacher_scorer(
     )
     if config.backend == "vllm":
         return load_engine(config, scoring=True)
-    return TransformersEngine(config, device=accelerator.device)
+    return TransformersEngine(config, batch_size=generation_batch_size(args), device=accelerator.device)

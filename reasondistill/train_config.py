@@ -96,10 +96,11 @@ class DistillConfig(SFTConfig):
     on_policy_generation_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Prompts per `generate` call when on_policy_student_backend is transformers; None = "
-            "per_device_train_batch_size (the memory the recipe budgets). A step's micro-batches are sampled "
-            "together, so up to per_device_train_batch_size x gradient_accumulation_steps can share a call: "
-            "fewer, larger calls are faster where memory allows. vLLM batches by itself."
+            "help": "Sequences per transformers call in on-policy steps (student `generate`, teacher "
+            "forward); None = per_device_train_batch_size (the memory the recipe budgets). A step's "
+            "micro-batches are sampled together, so up to per_device_train_batch_size x "
+            "gradient_accumulation_steps can share a call: fewer, larger calls are faster where memory "
+            "allows. vLLM batches by itself."
         },
     )
     on_policy_student_backend: str = field(
