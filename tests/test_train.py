@@ -487,49 +487,78 @@ def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transforme
     assert len(logs) == 2 and all(h["on_policy"] == 1.0 and h["kd"] > 0 for h in logs)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TRL's VLLMGeneration (colocate mode) needs CUDA")
-def test_full_finetuning_pushes_the_current_weights_into_trl_vllm(
-    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+@pytest.mark.slow
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora-merged"])
+def test_vllm_weight_sync_samples_with_the_current_weights(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, use_peft
 ):
-    """GPU check: after `sample`, vLLM's copy of the student holds the training weights of that moment."""
-    from reasondistill.on_policy import TrlVllmSampler
+    """vLLM's copy of the student follows the training weights (full, or LoRA merged as in several
+    processes): its greedy completions equal transformers' after each change, and it trains."""
+    from reasondistill.on_policy import TransformersSampler
+    from reasondistill.vllm_weight_sync import VllmWeightSyncSampler
 
-    trainer, offline, _ = on_policy_trainer(
-        tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_student_backend="vllm"
+    lora = {"use_peft": True, "lora_target_modules": ["q_proj", "v_proj", "up_proj"]} if use_peft else {}
+    trainer, offline, (_, args) = on_policy_trainer(
+        tmp_path,
+        trace_dir,
+        tiny_model_dir,
+        other_teacher_dir,
+        on_policy_temperature=0.0,
+        # LoRA in one process hot-loads the adapter; several processes merge it and take this path
+        on_policy_student_backend="transformers" if use_peft else "vllm",
+        **lora,
     )
-    assert isinstance(trainer.student_sampler, TrlVllmSampler)
     student = trainer.accelerator.unwrap_model(trainer.model)
-    prompts = [offline["input_ids"][b, :n].tolist() for b, n in enumerate(offline["prompt_lengths"].tolist())]
-    served = trainer.student_sampler.generation.llm.llm_engine.model_executor.driver_worker.model_runner.model
-    name = "model.layers.0.self_attn.o_proj.weight"  # not packed by vLLM: comparable one to one
+    if use_peft:
+        trainer.student_sampler = VllmWeightSyncSampler(
+            student, args, trainer.accelerator, trainer.processing_class, max_model_len=512
+        )
+    assert isinstance(trainer.student_sampler, VllmWeightSyncSampler)
+    dataset, _, _ = load_trace_dataset(str(trace_dir), False, None)
+    prompts = [list(p) for p in dict.fromkeys(map(tuple, dataset["prompt_token_ids"]))][:4]
+    reference = TransformersSampler(args, pad_token_id=0)
     try:
-        for seed in (1, 2):
-            with torch.no_grad():
-                weight = student.get_parameter(name)
-                weight.copy_(0.1 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed)))
-            completions = trainer.student_sampler.sample(student, prompts, seed=0)
-            assert len(completions) == len(prompts) and all(1 <= len(c) <= 6 for c in completions)
-            pushed = served.get_parameter(name)
-            torch.testing.assert_close(pushed.float(), student.get_parameter(name).to(pushed).float())
+        samples = []
+        for seed in (1, 2):  # new weights each time: vLLM must follow them, not keep the first ones
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():  # large enough that greedy completions depend on the weights
+                for name, weight in student.named_parameters():
+                    if weight.requires_grad and "norm" not in name:
+                        weight.normal_(0, 1.0 if use_peft else 0.5, generator=generator)
+            samples.append(reference.sample(student, prompts, seed=0))
+            assert trainer.student_sampler.sample(student, prompts, seed=0) == samples[-1]
+        assert samples[0] != samples[1]
+        trainer.args.on_policy_temperature = 1.0  # a repeated prompt gets its own sample each time
+        repeated = trainer.student_sampler.sample(student, [prompts[0]] * 4, seed=0)
+        assert len(set(map(tuple, repeated))) > 1
+        if not use_peft:
+            trainer.args.max_steps = 2
+            trainer.train()
+            logs = [h for h in trainer.state.log_history if "kd" in h]
+            assert len(logs) == 2 and all(h["on_policy"] == 1.0 and h["kd"] > 0 for h in logs)
     finally:
         trainer.student_sampler.close()
         trainer.teacher_scorer.close()
 
 
+def test_vllm_weight_sync_refuses_a_quantized_base(tmp_path, tiny_model_dir):
+    """A merged adapter on an NF4 base is not what vLLM would load: refused before any engine starts."""
+    from accelerate import Accelerator
+
+    from reasondistill.vllm_weight_sync import VllmWeightSyncSampler
+
+    four_bit = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
+    )
+    args = DistillConfig(output_dir=str(tmp_path), traces=str(tmp_path), use_cpu=True)
+    with pytest.raises(ValueError, match=r"quantized \(QLoRA\) base"):
+        VllmWeightSyncSampler(four_bit, args, Accelerator(cpu=True), None, max_model_len=512)
+
+
 def test_on_policy_topk_must_match_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
     with pytest.raises(ValueError, match="set on_policy_topk: 8"):
         on_policy_trainer(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_topk=5)
-
-
-def test_vllm_student_sampling_refuses_full_finetuning_on_cpu(
-    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
-):
-    if torch.cuda.is_available():
-        pytest.skip("on CUDA full fine-tuning samples through TRL's VLLMGeneration")
-    with pytest.raises(ValueError, match="needs a LoRA student"):
-        on_policy_trainer(
-            tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_student_backend="vllm"
-        )
 
 
 @pytest.mark.slow
@@ -545,6 +574,40 @@ def test_accelerate_two_processes_match_one_process(tmp_path, trace_dir, tiny_mo
         per_device_train_batch_size=2,
         **common,
     )
+    launch_two_processes(two, tmp_path)
+    assert_same_weights(single, tmp_path / "two", atol=1e-6)
+
+
+@pytest.mark.slow
+def test_accelerate_two_processes_sample_on_policy_with_vllm(
+    tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
+):
+    """Each DDP process reloads the current weights into its own vLLM engine (which joins their process
+    group), samples, trains, and the run still saves at the end (vLLM leaves the group alone)."""
+    on_policy = recipe(
+        tmp_path,
+        tiny_model_dir,
+        trace_dir,
+        output_dir=str(tmp_path / "two"),
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        lmbda=1.0,
+        teacher_model=str(other_teacher_dir),
+        on_policy_topk=8,
+        on_policy_max_new_tokens=6,
+        on_policy_vllm_gpu_memory_utilization=0.1,
+        on_policy_student_backend="vllm",
+    )
+    launch_two_processes(on_policy, tmp_path)
+    logs = [
+        h for h in json.loads((tmp_path / "two/trainer_state.json").read_text())["log_history"] if "kd" in h
+    ]
+    assert len(logs) == 2 and all(h["on_policy"] == 1.0 and h["kd"] > 0 for h in logs)
+    assert (tmp_path / "two/model.safetensors").exists()
+
+
+def launch_two_processes(recipe_path: Path, tmp_path: Path) -> None:
+    """`accelerate launch` of `reasondistill.train` on 2 CPU processes (DDP on gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -554,12 +617,11 @@ def test_accelerate_two_processes_match_one_process(tmp_path, trace_dir, tiny_mo
         str(REPO / "recipes/accelerate/cpu_ddp.yaml"),
         "-m",
         "reasondistill.train",
-        str(two),
+        str(recipe_path),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "on 2 processes" in done.stdout
-    assert_same_weights(single, tmp_path / "two", atol=1e-6)
 
 
 def test_heldout_loss_of_the_teacher_on_its_own_traces(trace_dir, tiny_model_dir):
