@@ -7,6 +7,7 @@ vocabulary test relies on.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -513,6 +514,7 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
         trainer.student_sampler = VllmWeightSyncSampler(
             student, args, trainer.accelerator, trainer.processing_class, max_model_len=512
         )
+        base = {n: w.clone() for n, w in student.named_parameters() if "lora_" not in n}
     assert isinstance(trainer.student_sampler, VllmWeightSyncSampler)
     dataset, _, _ = load_trace_dataset(str(trace_dir), False, None)
     prompts = [list(p) for p in dict.fromkeys(map(tuple, dataset["prompt_token_ids"]))][:4]
@@ -528,6 +530,13 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
             samples.append(reference.sample(student, prompts, seed=0))
             assert trainer.student_sampler.sample(student, prompts, seed=0) == samples[-1]
         assert samples[0] != samples[1]
+        if use_peft:  # the adapter was merged into copies: the frozen base is bit for bit unchanged
+            assert all(torch.equal(w, base[n]) for n, w in student.named_parameters() if n in base)
+            merged = dict(copy.deepcopy(student).merge_and_unload().named_parameters())
+            synced = dict(trainer.student_sampler.current_weights())
+            assert synced.keys() == merged.keys()
+            for name, weight in synced.items():
+                torch.testing.assert_close(weight, merged[name], atol=1e-6, rtol=0)
         trainer.args.on_policy_temperature = 1.0  # a repeated prompt gets its own sample each time
         repeated = trainer.student_sampler.sample(student, [prompts[0]] * 4, seed=0)
         assert len(set(map(tuple, repeated))) > 1
@@ -541,9 +550,11 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
         trainer.teacher_scorer.close()
 
 
-def test_vllm_weight_sync_refuses_a_quantized_base(tmp_path, tiny_model_dir):
-    """A merged adapter on an NF4 base is not what vLLM would load: refused before any engine starts."""
+def test_vllm_weight_sync_refuses_students_it_cannot_sync(tmp_path, tiny_model_dir):
+    """A merged adapter on an NF4 base is not what vLLM would load, and DoRA is not W + B A: both are
+    refused before any engine starts."""
     from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
 
     from reasondistill.vllm_weight_sync import VllmWeightSyncSampler
 
@@ -551,9 +562,14 @@ def test_vllm_weight_sync_refuses_a_quantized_base(tmp_path, tiny_model_dir):
         tiny_model_dir,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
     )
+    dora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, task_type="CAUSAL_LM"),
+    )
     args = DistillConfig(output_dir=str(tmp_path), traces=str(tmp_path), use_cpu=True)
-    with pytest.raises(ValueError, match=r"quantized \(QLoRA\) base"):
-        VllmWeightSyncSampler(four_bit, args, Accelerator(cpu=True), None, max_model_len=512)
+    for model, problem in ((four_bit, r"quantized \(QLoRA\) base"), (dora, "DoRA student")):
+        with pytest.raises(ValueError, match=problem):
+            VllmWeightSyncSampler(model, args, Accelerator(cpu=True), None, max_model_len=512)
 
 
 def test_on_policy_topk_must_match_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
