@@ -27,7 +27,8 @@ training process) does not count.
 
 Table 3 (`--only on_policy_full`), the same with full fine-tuning, one micro-batch: off-policy, and
 on-policy sampling with transformers or with vLLM, whose in-process engine reloads the current weights
-every step (`reasondistill/vllm_weight_sync.py`); its memory, KV cache included, counts in "peak extra".
+every step (`reasondistill/vllm_weight_sync.py`). That engine lives in the training process but is
+built (KV cache allocated) before the peak is reset, so "peak extra" does not show it either.
 
 Table 4, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
 backward through the lm_head: plain CE on full logits, a naive dense top-k KL (targets scattered into
@@ -340,7 +341,10 @@ def main() -> None:
             },  # fmt: skip
             "CE only (ours, kd_weight 0)",
         )
-    for only, uses_lora, student in (("on_policy", True, "LoRA student"), ("on_policy_full", False, "full")):
+    for only, uses_lora, student in (
+        ("on_policy", True, "LoRA student"),
+        ("on_policy_full", False, "full fine-tuning"),
+    ):
         if args.only not in (None, only):
             continue
         cases = {case: row for case, row in ON_POLICY_CASES.items() if row[4] == uses_lora}

@@ -9,7 +9,7 @@ Student samplers (`on_policy_student_backend`):
   adapter's few MB move per step.
 - `vllm`, full fine-tuning or several processes (CPU or GPU): an in-process vLLM engine per training
   process that reloads the current weights in place before sampling
-  (`reasondistill.vllm_weight_sync`: TRL gathers them, vLLM's `reload_weights` takes them).
+  (`reasondistill.vllm_weight_sync`: gathered or LoRA-merged aside, taken by vLLM's `reload_weights`).
 
 Teacher scoring (`on_policy_teacher_backend`) is `reasondistill.engines`' `score`: vLLM `prompt_logprobs`
 or a transformers forward, the same code that scores traces for `reasondistill generate`. Both return the
