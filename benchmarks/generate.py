@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from reasondistill.prompts import render_prompt
+from reasondistill.core.prompts import render_prompt
 
 
 def best_rate(run, count_tokens, repeats: int = 2, fresh_dir: str | None = None) -> float:
@@ -43,7 +43,7 @@ def best_rate(run, count_tokens, repeats: int = 2, fresh_dir: str | None = None)
 def build_random_model(tokenizer_dir: Path, out: Path) -> Path:
     from transformers import AutoTokenizer
 
-    from reasondistill.demo_models.factory import ModelSize, build_model, count_parameters
+    from reasondistill.demo.factory import ModelSize, build_model, count_parameters
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = build_model(
@@ -76,7 +76,7 @@ def engine_settings(model_dir: Path) -> dict:
 
 def open_engine(model_dir: Path, prompts):
     """A vLLM engine on model_dir, its tokenizer, and the prompts' chat-template token ids."""
-    from reasondistill.engines import EngineConfig, VllmEngine
+    from reasondistill.core.engines import EngineConfig, VllmEngine
 
     engine = VllmEngine(EngineConfig(**engine_settings(model_dir)))
     tokenizer = engine.llm.get_tokenizer()
@@ -90,7 +90,7 @@ def open_engine(model_dir: Path, prompts):
 
 
 def bench_info(model: str, vocab_size: int, k: int):
-    from reasondistill.traces import TraceInfo
+    from reasondistill.core.traces import TraceInfo
 
     return TraceInfo(
         teacher=model,
@@ -112,9 +112,9 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
     """Rows of (what, completion tokens/s) for one model."""
     from vllm import SamplingParams
 
-    from reasondistill.engines import EngineConfig, SamplingConfig, TransformersEngine
-    from reasondistill.generate import run_shard
-    from reasondistill.generate_config import GenerateConfig
+    from reasondistill.core.engines import EngineConfig, SamplingConfig, TransformersEngine
+    from reasondistill.generate.generate import run_shard
+    from reasondistill.generate.generate_config import GenerateConfig
 
     settings = engine_settings(model_dir)
     engine, tokenizer, prompt_ids = open_engine(model_dir, prompts)
@@ -158,7 +158,7 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
         batch_prompts=len(prompts),
     )
     with tempfile.TemporaryDirectory() as scratch:
-        from reasondistill.traces import write_shard
+        from reasondistill.core.traces import write_shard
 
         def pipeline():
             records, stats = run_shard(config, engine, tokenizer, prompts)
@@ -186,8 +186,8 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
 
 def storage_rows(teacher_dir: Path, prompts, args) -> list[tuple[int, float, float]]:
     """(k, bytes/token all columns, bytes/token top-k columns) on the demo teacher's real traces."""
-    from reasondistill.engines import SamplingConfig
-    from reasondistill.traces import TOPK_COLUMNS, bytes_per_token, write_shard
+    from reasondistill.core.engines import SamplingConfig
+    from reasondistill.core.traces import TOPK_COLUMNS, bytes_per_token, write_shard
 
     engine, _, prompt_ids = open_engine(teacher_dir, prompts)
     completions = engine.sample(
@@ -226,7 +226,7 @@ def storage_rows(teacher_dir: Path, prompts, args) -> list[tuple[int, float, flo
 
 
 def main() -> None:
-    from reasondistill.prompts import load_prompts
+    from reasondistill.core.prompts import load_prompts
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

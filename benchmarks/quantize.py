@@ -22,13 +22,14 @@ import argparse
 import json
 from pathlib import Path
 
-from reasondistill.demo_models.factory import ModelSize, build_model
-from reasondistill.evaluate import ModelSpec, evaluate_models, model_size_bytes
-from reasondistill.llamacpp_engine import llama_cpp_available
-from reasondistill.measure import parameter_count
-from reasondistill.prune import PruneConfig, prune_model
-from reasondistill.quantize import build_artifacts, format_table, measure_artifacts
-from reasondistill.quantize_config import QuantizeConfig
+from reasondistill.compress.prune import PruneConfig, prune_model
+from reasondistill.compress.quantize import build_artifacts, format_table, measure_artifacts
+from reasondistill.compress.quantize_config import QuantizeConfig
+from reasondistill.core.llamacpp_engine import llama_cpp_available
+from reasondistill.core.model_dir import parameter_count
+from reasondistill.demo.factory import ModelSize, build_model
+from reasondistill.evaluate.evaluate import evaluate_models, model_size_bytes
+from reasondistill.evaluate.results import ModelSpec
 
 LARGE = ModelSize(
     hidden_size=512,
@@ -88,7 +89,7 @@ def main() -> None:
     )
     pruned.save_pretrained(pruned_dir)
     pruned_tokenizer.save_pretrained(pruned_dir)
-    from reasondistill.evaluate_config import EvaluateConfig
+    from reasondistill.evaluate.evaluate_config import EvaluateConfig
 
     config = EvaluateConfig(
         backend="transformers",

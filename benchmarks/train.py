@@ -27,7 +27,7 @@ training process) does not count.
 
 Table 3 (`--only on_policy_full`), the same with full fine-tuning, one micro-batch: off-policy, and
 on-policy sampling with transformers or with vLLM, whose in-process engine reloads the current weights
-every step (`reasondistill/vllm_weight_sync.py`). That engine lives in the training process but is
+every step (`reasondistill/train/vllm_weight_sync.py`). That engine lives in the training process but is
 built (KV cache allocated) before the peak is reset, so "peak extra" does not show it either.
 
 Table 4, the loss alone at a real vocabulary (Qwen2.5: 152064) on random hidden states, forward +
@@ -111,8 +111,8 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
     """Train the demo student for `steps` steps; median step time after 3 warm-up steps, peak extra."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from reasondistill.demo_models.factory import build_model
-    from reasondistill.train_config import DistillConfig
+    from reasondistill.demo.factory import build_model
+    from reasondistill.train.distill_config import DistillConfig
 
     teacher_dir, traces = demo_paths()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
@@ -140,8 +140,8 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
     if case != "gkd":
         from peft import LoraConfig
 
-        from reasondistill.distill_data import TopKCollator, gen_temperature, load_trace_dataset
-        from reasondistill.distill_trainer import DistillTrainer
+        from reasondistill.train.distill_data import TopKCollator, gen_temperature, load_trace_dataset
+        from reasondistill.train.distill_trainer import DistillTrainer
 
         dataset, info, _ = load_trace_dataset(str(traces), True, 1024)
         settings = dict(traces=str(traces), kd_weight=0.0 if case == "ce" else 1.0, **common)
@@ -173,7 +173,7 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
     else:  # TRL's GKD: the teacher runs live on the same traces (rendered as conversations)
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-        from reasondistill.traces import load_traces
+        from reasondistill.core.traces import load_traces
 
         records = load_traces(traces).filter(lambda c: c, input_columns="correct")
         dataset = records.map(
@@ -221,7 +221,7 @@ def loss_case(
     """Forward + backward of one loss on random inputs; best time of `repeats`, peak extra memory."""
     import torch.nn.functional as F
 
-    from reasondistill.losses import distillation_loss, distillation_loss_from_logits
+    from reasondistill.train.losses import distillation_loss, distillation_loss_from_logits
 
     gen = torch.Generator().manual_seed(0)
     like = dict(device=device, dtype=getattr(torch, dtype))

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from reasondistill.recipe import RecipeError
+from reasondistill.core.recipe import RecipeError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEMO_RECIPE = "recipes/demo/teacher.yaml"
@@ -54,14 +54,14 @@ STAGES = {
 
 # The dataclasses each stage's recipe fills, as "module:Class" (imported only when a stage's --help asks).
 STAGE_CONFIGS = {
-    "generate": ["reasondistill.generate_config:GenerateConfig"],
-    "train": ["trl:ModelConfig", "reasondistill.train_config:DistillConfig"],
-    "evaluate": ["reasondistill.evaluate_config:EvaluateConfig"],
-    "quantize": ["reasondistill.quantize_config:QuantizeConfig"],
-    "prune": ["reasondistill.prune:PruneConfig"],
-    "pdq": ["reasondistill.pdq:PDQConfig"],
-    "progressive": ["reasondistill.progressive:ProgressiveConfig"],
-    "demo": ["reasondistill.demo_models.teacher:TeacherConfig"],
+    "generate": ["reasondistill.generate.generate_config:GenerateConfig"],
+    "train": ["trl:ModelConfig", "reasondistill.train.distill_config:DistillConfig"],
+    "evaluate": ["reasondistill.evaluate.evaluate_config:EvaluateConfig"],
+    "quantize": ["reasondistill.compress.quantize_config:QuantizeConfig"],
+    "prune": ["reasondistill.compress.prune:PruneConfig"],
+    "pdq": ["reasondistill.chains.pdq:PDQConfig"],
+    "progressive": ["reasondistill.chains.progressive:ProgressiveConfig"],
+    "demo": ["reasondistill.demo.teacher:TeacherConfig"],
 }
 
 # Stages that also run from command-line flags alone (`reasondistill evaluate --model DIR --benchmark gsm8k`).
@@ -87,7 +87,7 @@ def print_recipe_fields(stage: str, recipe: str | None) -> None:
     """Every recipe field of the stage with its help and value (the recipe's, else the default); exits."""
     import importlib
 
-    from reasondistill.recipe import parse_recipe
+    from reasondistill.core.recipe import parse_recipe
 
     classes = []
     for target in STAGE_CONFIGS[stage]:
@@ -100,34 +100,34 @@ def print_recipe_fields(stage: str, recipe: str | None) -> None:
 def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
     # Imported here so that `--help` and unbuilt stages answer without loading torch.
     if stage == "demo":
-        from reasondistill.demo import run_demo
+        from reasondistill.demo.demo import run_demo
 
         return run_demo(resolve_demo_recipe(recipe), overrides)
     if stage == "evaluate":
-        from reasondistill.evaluate import run_evaluate
+        from reasondistill.evaluate.evaluate import run_evaluate
 
         return run_evaluate(recipe and Path(recipe), overrides)
     if stage == "quantize":
-        from reasondistill.quantize import run_quantize
+        from reasondistill.compress.quantize import run_quantize
 
         return run_quantize(recipe and Path(recipe), overrides)
     if stage == "prune":
-        from reasondistill.prune import run_prune
+        from reasondistill.compress.prune import run_prune
 
         return run_prune(recipe, overrides)
     if stage == "pdq":
-        from reasondistill.pdq import run_pdq
+        from reasondistill.chains.pdq import run_pdq
 
         return run_pdq(recipe and Path(recipe), overrides)
     if stage == "progressive":
-        from reasondistill.progressive import run_progressive_cli
+        from reasondistill.chains.progressive import run_progressive_cli
 
         return run_progressive_cli(Path(recipe), overrides)
     if stage == "train":
-        from reasondistill.train import run_train
+        from reasondistill.train.train import run_train
 
         return run_train(Path(recipe), overrides)
-    from reasondistill.generate import run_generate
+    from reasondistill.generate.generate import run_generate
 
     return run_generate(Path(recipe), overrides)
 

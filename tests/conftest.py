@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def demo_tokenizer():
-    from reasondistill.demo_models.teacher import render_conversation
-    from reasondistill.demo_models.tokenizer import train_tokenizer
-    from reasondistill.tasks.arithmetic import generate_problems
+    from reasondistill.core.arithmetic_task import generate_problems
+    from reasondistill.demo.teacher import render_conversation
+    from reasondistill.demo.tokenizer import train_tokenizer
 
     problems = generate_problems("train", 2000, [1, 2, 3], seed=0)
     return train_tokenizer((render_conversation(p) for p in problems), vocab_size=512)
@@ -28,7 +28,7 @@ def demo_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, demo_tokenizer):
     """A randomly initialised student-size Qwen2 saved like a hub checkpoint."""
-    from reasondistill.demo_models.factory import save_initial_model
+    from reasondistill.demo.factory import save_initial_model
 
     directory = tmp_path_factory.mktemp("tiny-qwen2")
     save_initial_model("student", demo_tokenizer, directory, seed=1)
@@ -40,7 +40,7 @@ TINY_ENGINE = dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.
 
 
 def engine_config(model_dir, **overrides):
-    from reasondistill.engines import EngineConfig
+    from reasondistill.core.engines import EngineConfig
 
     return EngineConfig(**{"teacher": str(model_dir), **TINY_ENGINE, **overrides})
 
@@ -48,7 +48,7 @@ def engine_config(model_dir, **overrides):
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir):
     """One vLLM engine on the tiny model for the whole session (prefix caching off, so it also scores)."""
-    from reasondistill.engines import VllmEngine
+    from reasondistill.core.engines import VllmEngine
 
     engine = VllmEngine(engine_config(tiny_model_dir), scoring=True)
     yield engine
@@ -57,14 +57,14 @@ def vllm_engine(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def hf_engine(tiny_model_dir):
-    from reasondistill.engines import TransformersEngine
+    from reasondistill.core.engines import TransformersEngine
 
     return TransformersEngine(engine_config(tiny_model_dir, backend="transformers"))
 
 
 def generate_config(model_dir, out, **overrides):
     """A small generation run of the tiny model: 6 prompts x 2 samples, top-8, everything kept."""
-    from reasondistill.generate_config import GenerateConfig
+    from reasondistill.generate.generate_config import GenerateConfig
 
     settings = dict(
         teacher=str(model_dir),

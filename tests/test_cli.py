@@ -67,8 +67,8 @@ def test_demo_recipe_errors_name_key_and_file(tmp_path, capsys):
 
 
 def test_shipped_demo_recipe_parses():
-    from reasondistill.demo_models.teacher import TeacherConfig
-    from reasondistill.recipe import parse_recipe
+    from reasondistill.core.recipe import parse_recipe
+    from reasondistill.demo.teacher import TeacherConfig
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "teacher.yaml"
     (config,) = parse_recipe(recipe, (TeacherConfig,), ["--steps", "7"])
@@ -145,8 +145,8 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     "recipe", ["recipes/demo/generate.yaml", "recipes/DeepSeek-R1-Distill-Qwen-7B/generate/config_gsm8k.yaml"]
 )
 def test_shipped_generate_recipes_parse(recipe):
-    from reasondistill.generate_config import GenerateConfig
-    from reasondistill.recipe import parse_recipe
+    from reasondistill.core.recipe import parse_recipe
+    from reasondistill.generate.generate_config import GenerateConfig
 
     path = Path(__file__).resolve().parents[1] / recipe
     (config,) = parse_recipe(
@@ -166,8 +166,8 @@ def test_shipped_generate_recipes_parse(recipe):
 def test_shipped_train_recipes_parse(recipe):
     from trl import ModelConfig
 
-    from reasondistill.recipe import parse_recipe
-    from reasondistill.train_config import DistillConfig
+    from reasondistill.core.recipe import parse_recipe
+    from reasondistill.train.distill_config import DistillConfig
 
     path = Path(__file__).resolve().parents[1] / recipe
     # bf16 recipes are for GPUs; parsing them here checks every key and type, not the hardware

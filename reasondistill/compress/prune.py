@@ -1,0 +1,290 @@
+"""Structured pruning of a Qwen2 model: fewer layers (depth) and narrower MLPs (width).
+
+The result is a smaller model directory of the same architecture, loadable by transformers, vLLM and
+PEFT, which the trainer then distils from the teacher to win back what pruning lost ("prune, distil,
+quantize"):
+
+    reasondistill prune recipes/demo/prune.yaml --model DIR --num_layers 3 --intermediate_size 512
+
+Both criteria are measured on calibration sequences: prompts from a prompt source plus the model's own
+greedy continuations, so the activations are those of reasoning, not of prompts alone.
+
+- **Depth**: layers are removed one at a time, greedily; each round drops the layer whose removal moves
+  the final hidden states (after the last norm) least from the unpruned model's, by mean cosine distance
+  over calibration tokens. Measuring at the output, not across each layer alone, accounts for how later
+  layers respond to the removal; it costs one calibration pass per remaining layer per round.
+- **Width**: in every remaining layer, MLP channel j is scored by E|a_j| * ||W_down[:, j]||, the mean size
+  of what it adds to the residual stream (a = act(gate(x)) * up(x), the input of down_proj); the top
+  `intermediate_size` channels are kept in their original order. Qwen2 has one intermediate size for all
+  layers, so every layer keeps the same number; it must be a multiple of 32 (bitsandbytes' CPU kernels).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from reasondistill.compress.merge import check_full_precision
+from reasondistill.core.prompts import load_prompts, render_prompt
+from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+
+
+@dataclass
+class PruneConfig:
+    model: str = field(metadata={"help": "Full-precision Qwen2 model directory to prune."})
+    output_dir: str = field(default="outputs/prune", metadata={"help": "The pruned model directory."})
+    num_layers: int | None = field(
+        default=None, metadata={"help": "Decoder layers to keep (depth pruning); null keeps all."}
+    )
+    intermediate_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "MLP channels to keep per layer (width pruning), a multiple of 32; null keeps all."
+        },
+    )
+    calibration_prompts: str = field(
+        default="task:arithmetic",
+        metadata={"help": "Prompt source for calibration (task:arithmetic, .jsonl/.parquet, dataset dir)."},
+    )
+    question_field: str = field(
+        default="question", metadata={"help": "Question column of the prompt source."}
+    )
+    answer_field: str = field(default="answer", metadata={"help": "Answer column of the prompt source."})
+    num_calibration: int = field(default=64, metadata={"help": "Calibration sequences."})
+    calibration_tokens: int = field(
+        default=128, metadata={"help": "Greedy tokens the model adds to each prompt (0: prompts alone)."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Calibration sequences per forward pass."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bundled task's prompts."})
+
+    def __post_init__(self) -> None:
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        if self.intermediate_size is not None and (
+            self.intermediate_size < 32 or self.intermediate_size % 32
+        ):
+            raise ValueError(
+                f"intermediate_size must be a positive multiple of 32 (bitsandbytes' CPU kernels need it), "
+                f"got {self.intermediate_size}"
+            )
+        if min(self.num_calibration, self.batch_size) < 1 or self.calibration_tokens < 0:
+            raise ValueError(
+                "num_calibration and batch_size must be at least 1, calibration_tokens at least 0"
+            )
+
+
+@torch.no_grad()
+def calibration_batches(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: PruneConfig
+) -> list[dict[str, torch.Tensor]]:
+    """Left-padded batches (input_ids, attention_mask) of prompts plus the model's greedy continuations."""
+    prompts = load_prompts(
+        config.calibration_prompts,
+        limit=config.num_calibration,
+        question_field=config.question_field,
+        answer_field=config.answer_field,
+        seed=config.seed,
+    )
+    texts = [render_prompt(tokenizer, p.question, None, None, False) for p in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = []
+    for start in range(0, len(texts), config.batch_size):
+        batch = tokenizer(
+            texts[start : start + config.batch_size],
+            add_special_tokens=False,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        if config.calibration_tokens:
+            ids = model.generate(
+                **batch, max_new_tokens=config.calibration_tokens, do_sample=False, pad_token_id=pad
+            )
+            # a new token is real until the sequence's end of turn (inclusive); after it generate pads
+            is_eos = (ids[:, batch.input_ids.shape[1] :] == tokenizer.eos_token_id).long()
+            real = (is_eos.cumsum(1) - is_eos == 0).long()
+            batch = {"input_ids": ids, "attention_mask": torch.cat([batch.attention_mask, real], dim=1)}
+        batches.append(dict(batch))
+    return batches
+
+
+def _skip(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook that turns a decoder layer into the identity: its input passes through unchanged."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@torch.no_grad()
+def final_hidden(
+    model: PreTrainedModel, batches: list[dict], skip: set[int] = frozenset()
+) -> list[torch.Tensor]:
+    """Last hidden states (after the final norm) [B, T, H] per batch, with the layers in `skip` bypassed."""
+    handles = [
+        layer.register_forward_hook(_skip, with_kwargs=True)
+        for index, layer in enumerate(model.model.layers)
+        if index in skip
+    ]
+    try:
+        return [model.model(**batch).last_hidden_state for batch in batches]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def cosine_distance(ours: list[torch.Tensor], reference: list[torch.Tensor], batches: list[dict]) -> float:
+    """Mean over real (unmasked) tokens of 1 - cos(ours, reference)."""
+    total = count = 0.0
+    for a, b, batch in zip(ours, reference, batches, strict=True):
+        mask = batch["attention_mask"].bool()
+        distance = 1 - nn.functional.cosine_similarity(a, b, dim=-1)  # [B, T]
+        total += distance[mask].sum().item()
+        count += mask.sum().item()
+    return total / count
+
+
+def choose_layers_to_drop(model: PreTrainedModel, batches: list[dict], num_drop: int) -> list[dict]:
+    """Greedy depth pruning; one record per round: the layer dropped and each candidate's distance."""
+    reference = final_hidden(model, batches)
+    dropped: set[int] = set()
+    rounds = []
+    for _ in range(num_drop):
+        candidates = [i for i in range(len(model.model.layers)) if i not in dropped]
+        distances = {
+            i: cosine_distance(final_hidden(model, batches, dropped | {i}), reference, batches)
+            for i in candidates
+        }
+        layer = min(distances, key=distances.get)
+        dropped.add(layer)
+        rounds.append({"dropped": layer, "distances": distances})
+    return rounds
+
+
+def keep_layers(model: PreTrainedModel, keep: list[int]) -> None:
+    """Shrink the model to the decoder layers `keep` (in order), renumbering their KV-cache slots."""
+    layers = model.model.layers
+    model.model.layers = nn.ModuleList(layers[i] for i in keep)
+    for new_index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_index
+    model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    model.config.num_hidden_layers = len(keep)
+
+
+@torch.no_grad()
+def channel_importance(model: PreTrainedModel, batches: list[dict]) -> list[torch.Tensor]:
+    """Per layer, [intermediate_size] scores E|a_j| * ||W_down[:, j]|| over real calibration tokens."""
+    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in model.model.layers]
+    current_mask: list[torch.Tensor] = []
+    tokens = 0
+
+    def recorder(index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            activations = args[0]  # [B, T, intermediate]: the input of down_proj
+            sums[index] += activations[current_mask[0]].abs().float().sum(0)
+
+        return hook
+
+    handles = [
+        layer.mlp.down_proj.register_forward_pre_hook(recorder(i))
+        for i, layer in enumerate(model.model.layers)
+    ]
+    try:
+        for batch in batches:
+            current_mask[:] = [batch["attention_mask"].bool()]
+            tokens += int(current_mask[0].sum())
+            model.model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [
+        total / tokens * layer.mlp.down_proj.weight.float().norm(dim=0)
+        for total, layer in zip(sums, model.model.layers, strict=True)
+    ]
+
+
+def keep_channels(model: PreTrainedModel, keep: list[torch.Tensor]) -> None:
+    """Slice every layer's MLP to the channels `keep[layer]` (sorted indices of equal length)."""
+    for layer, channels in zip(model.model.layers, keep, strict=True):
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = nn.Linear(old.in_features, len(channels), bias=old.bias is not None, dtype=old.weight.dtype)
+            new.weight.data = old.weight.data[channels].clone()
+            setattr(mlp, name, new)
+        old = mlp.down_proj
+        new = nn.Linear(len(channels), old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
+        new.weight.data = old.weight.data[:, channels].clone()
+        if old.bias is not None:
+            new.bias.data = old.bias.data.clone()
+        mlp.down_proj = new
+        mlp.intermediate_size = len(channels)
+    model.config.intermediate_size = len(keep[0])
+
+
+def prune_model(config: PruneConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Load, calibrate, drop layers, then narrow the MLPs (scored on the depth-pruned model)."""
+    check_full_precision(config.model, "model")
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    if model.config.model_type != "qwen2":
+        raise ValueError(f"{config.model} is a {model.config.model_type} model; pruning supports Qwen2 only")
+    layers, width = model.config.num_hidden_layers, model.config.intermediate_size
+    if (config.num_layers or 0) > layers or (config.intermediate_size or 0) > width:
+        raise ValueError(
+            f"{config.model} has {layers} layers and intermediate_size {width}; num_layers and "
+            "intermediate_size must not exceed them"
+        )
+    info: dict = {"source": config.model, "parameters_before": sum(p.numel() for p in model.parameters())}
+    batches = calibration_batches(model, tokenizer, config)
+    if config.num_layers is not None and config.num_layers < layers:
+        rounds = choose_layers_to_drop(model, batches, layers - config.num_layers)
+        dropped = {r["dropped"] for r in rounds}
+        info["kept_layers"] = [i for i in range(layers) if i not in dropped]
+        info["depth_rounds"] = rounds
+        keep_layers(model, info["kept_layers"])
+    if config.intermediate_size is not None and config.intermediate_size < width:
+        scores = channel_importance(model, batches)
+        keep = [score.topk(config.intermediate_size).indices.sort().values for score in scores]
+        info["kept_fraction_of_importance"] = [
+            float(score[k].sum() / score.sum()) for score, k in zip(scores, keep, strict=True)
+        ]
+        keep_channels(model, keep)
+    info["parameters_after"] = sum(p.numel() for p in model.parameters())
+    info["num_layers"], info["intermediate_size"] = (
+        model.config.num_hidden_layers,
+        model.config.intermediate_size,
+    )
+    return model, tokenizer, info
+
+
+PRUNE_RECIPE_FILE = "prune_recipe.yaml"
+PRUNE_INFO_FILE = "prune_info.json"
+
+
+def save_pruned(config: PruneConfig) -> tuple[Path, dict]:
+    """Prune and write the model directory with `prune_info.json` and the resolved recipe (written last,
+    so its presence marks a finished run)."""
+    model, tokenizer, info = prune_model(config)
+    out = Path(config.output_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / PRUNE_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    save_resolved_recipe([config], out / PRUNE_RECIPE_FILE)
+    return out, info
+
+
+def describe(config: PruneConfig, out: Path, info: dict) -> str:
+    return (
+        f"pruned {config.model}: {info['parameters_before']:,} -> {info['parameters_after']:,} parameters, "
+        f"{info['num_layers']} layers, intermediate_size {info['intermediate_size']}: {out}"
+    )
+
+
+def run_prune(recipe: str | None, overrides: list[str]) -> int:
+    (config,) = parse_recipe(recipe, (PruneConfig,), overrides)
+    out, info = save_pruned(config)
+    print(describe(config, out, info))
+    return 0

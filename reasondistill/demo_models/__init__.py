@@ -1,1 +1,0 @@
-"""Demo models built from scratch: tokenizer, Qwen2 factory, teacher build."""

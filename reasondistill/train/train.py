@@ -1,0 +1,145 @@
+"""`reasondistill train RECIPE.yaml`: distil a student on a trace dataset with `DistillTrainer`.
+
+Also runs under accelerate, one process per device:
+
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m reasondistill.train RECIPE.yaml
+
+Reads a trace dataset (docs/trace_schema.md) and a student model directory; writes OUTPUT_DIR with the
+PEFT adapter (or full model), the tokenizer, checkpoints, TensorBoard logs, `train_recipe.yaml` (the
+resolved settings) and, with `save_merged_model`, OUTPUT_DIR/merged (a plain model directory).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, set_seed
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from reasondistill.core.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
+from reasondistill.train.distill_config import DistillConfig
+from reasondistill.train.distill_data import (
+    TopKCollator,
+    check_tokenizer,
+    gen_temperature,
+    load_trace_dataset,
+)
+from reasondistill.train.distill_trainer import DistillTrainer
+
+RECIPE_FILE = "train_recipe.yaml"
+MERGED_DIR = "merged"
+
+
+def load_model(path: str, model_args: ModelConfig) -> PreTrainedModel:
+    """A causal LM from a directory or hub id, in the recipe's dtype, 4/8-bit if the recipe asks."""
+    quantization_config = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    device_map = None  # k-bit weights are placed at load: on this process's GPU when there is one
+    if quantization_config is not None and torch.cuda.is_available():
+        device_map = {"": PartialState().local_process_index}
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization_config,
+        device_map=device_map,
+    )
+
+
+def train(model_args: ModelConfig, args: DistillConfig) -> Path:
+    """Run the distillation described by the two settings objects; returns the output directory."""
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` (the student model directory or hub id) is required")
+    if args.save_merged_model and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise ValueError(
+            "save_merged_model with a 4/8-bit base would merge into rounded weights: train the adapter, then "
+            "`reasondistill quantize` merges it into the full-precision base before quantizing"
+        )
+    set_seed(args.seed)
+    student = model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
+    render_with = tokenizer if args.prompt_chat_template == "student" else None  # None: the stored prompt ids
+    train_dataset, info, dropped = load_trace_dataset(
+        args.traces, args.only_correct, args.max_length, render_with
+    )
+    check_tokenizer(info, tokenizer, student)
+    eval_dataset = None
+    if args.eval_traces:
+        eval_dataset, eval_info, _ = load_trace_dataset(
+            args.eval_traces, args.only_correct, args.max_length, render_with
+        )
+        check_tokenizer(eval_info, tokenizer, student)
+        if eval_info.k != info.k:
+            raise ValueError(
+                f"eval_traces store top-{eval_info.k}, the training traces top-{info.k}: use one k"
+            )
+    if args.lmbda > 0:  # the trainer loads the teacher for on-policy scoring (reasondistill.train.on_policy)
+        check_tokenizer(info, AutoTokenizer.from_pretrained(args.teacher_model), args.teacher_model)
+
+    model = load_model(student, model_args)
+    collator = TopKCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        k=info.k,
+        student_vocab_size=model.get_output_embeddings().weight.shape[0],
+        max_length=args.max_length,
+    )
+    trainer = DistillTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        gen_temperature=gen_temperature(info),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    if trainer.accelerator.is_main_process:
+        print(
+            f"distilling {student} on {len(train_dataset)} traces from {info.teacher} (dropped: {dropped}, "
+            f"prompts in the {args.prompt_chat_template}'s chat template) on "
+            f"{trainer.accelerator.num_processes} processes"
+        )
+    resume = args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    out = Path(args.output_dir)
+    trainer.save_model(str(out))
+    if trainer.accelerator.is_main_process:
+        save_resolved_recipe([model_args, args], out / RECIPE_FILE)
+        trainer.state.save_to_json(str(out / "trainer_state.json"))  # the log history of this run
+        if args.save_merged_model:
+            merged = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
+            merged.save_pretrained(out / MERGED_DIR)
+            tokenizer.save_pretrained(out / MERGED_DIR)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def train_unless_done(model_args: ModelConfig, args: DistillConfig, log=print, redo: bool = False) -> Path:
+    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused).
+
+    `redo`: an input changed behind an unchanged path (a rebuilt model, regenerated traces), so a
+    finished run of the same settings is stale."""
+    out = Path(args.output_dir)
+    if not redo and matches_saved_recipe([model_args, args], out / RECIPE_FILE):
+        log(f"reusing {out}")
+        return out
+    return train(model_args, args)
+
+
+def run_train(recipe: Path | None, overrides: list[str]) -> int:
+    model_args, args = parse_recipe(recipe, (ModelConfig, DistillConfig), overrides)
+    train(model_args, args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m reasondistill.train RECIPE.yaml [--key value ...]` (the form `accelerate launch` runs)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m reasondistill.train RECIPE.yaml [--key value ...]", file=sys.stderr)
+        return 2
+    return run_train(Path(argv[0]), argv[1:])

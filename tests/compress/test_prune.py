@@ -1,0 +1,115 @@
+"""Depth and width pruning of the tiny Qwen2: exact checks on planted redundancy, transformers and vLLM."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from reasondistill.cli import main
+from reasondistill.compress.prune import PruneConfig, prune_model
+
+PROMPT = "<|im_start|>user\nTom has 12 apples and gets 7 more.<|im_end|>\n<|im_start|>assistant\n"
+CALIBRATION = ["--num_calibration", "8", "--calibration_tokens", "8", "--batch_size", "4"]
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(ids).logits
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tiny_model_dir, tmp_path_factory, demo_tokenizer):
+    """The tiny model with known redundancy: layer 2 is the identity (its attention and MLP outputs are
+    zero), and MLP channels 0-31 of every layer are dead (their up_proj rows are zero)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[:32].zero_()
+    directory = tmp_path_factory.mktemp("planted")
+    model.save_pretrained(directory)
+    demo_tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(planted_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned")
+    args = [
+        "--model",
+        str(planted_dir),
+        "--output_dir",
+        str(out),
+        "--num_layers",
+        "3",
+        "--intermediate_size",
+        "352",
+    ]
+    assert main(["prune", *args, *CALIBRATION]) == 0
+    return out
+
+
+def test_pruning_removes_exactly_the_planted_redundancy(planted_dir, pruned_dir, demo_tokenizer):
+    info = json.loads((pruned_dir / "prune_info.json").read_text())
+    assert info["kept_layers"] == [0, 1, 3]
+    assert (
+        info["depth_rounds"][0]["distances"]["2"]
+        < 1e-6
+        < min(v for k, v in info["depth_rounds"][0]["distances"].items() if k != "2")
+    )
+    original = AutoModelForCausalLM.from_pretrained(planted_dir)
+    pruned = AutoModelForCausalLM.from_pretrained(pruned_dir)
+    ids = demo_tokenizer(PROMPT, return_tensors="pt").input_ids
+    # only an identity layer and zero channels went, so the function is unchanged up to float rounding
+    torch.testing.assert_close(logits(pruned, ids), logits(original, ids), atol=1e-5, rtol=1e-5)
+    for layer in pruned.model.layers:
+        assert layer.mlp.up_proj.weight.abs().sum(dim=1).min() > 0  # no dead channel survived
+
+
+def test_pruned_model_loads_in_transformers_with_expected_shapes(pruned_dir, tiny_model_dir):
+    config = json.loads((pruned_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3 and config["intermediate_size"] == 352
+    assert len(config["layer_types"]) == 3
+    model = AutoModelForCausalLM.from_pretrained(pruned_dir)
+    hidden = model.config.hidden_size
+    for index, layer in enumerate(model.model.layers):
+        assert layer.self_attn.layer_idx == index  # KV-cache slots renumbered
+        assert layer.mlp.gate_proj.weight.shape == layer.mlp.up_proj.weight.shape == (352, hidden)
+        assert layer.mlp.down_proj.weight.shape == (hidden, 352)
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).num_parameters()
+    assert model.num_parameters() < before
+    out = model.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=4, do_sample=False)  # KV cache works
+    assert out.shape == (1, 7)
+
+
+def test_prune_refuses_bad_sizes(tiny_model_dir, capsys):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        PruneConfig(model="m", intermediate_size=100)
+    with pytest.raises(ValueError, match="must not exceed"):
+        prune_model(PruneConfig(model=str(tiny_model_dir), num_layers=9))
+    assert main(["prune", "--model", str(tiny_model_dir), "--num_layers", "0"]) == 2
+    assert "num_layers must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pruned_model_runs_in_vllm(pruned_dir, demo_tokenizer):
+    """One vLLM engine on the pruned model: it loads the new shapes and decodes like transformers."""
+    from conftest import engine_config
+
+    from reasondistill.core.engines import SamplingConfig, TransformersEngine, VllmEngine
+
+    prompt = demo_tokenizer(PROMPT)["input_ids"]
+    sampling = SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=12)
+    engine = VllmEngine(engine_config(pruned_dir))
+    try:
+        hf_config = engine.llm.llm_engine.model_config.hf_config
+        assert (hf_config.num_hidden_layers, hf_config.intermediate_size) == (3, 352)
+        (vllm_out,) = engine.sample([prompt], sampling, [0])
+    finally:
+        engine.close()
+    (hf_out,) = TransformersEngine(engine_config(pruned_dir, backend="transformers")).sample(
+        [prompt], sampling, [0]
+    )
+    assert vllm_out[0].token_ids.tolist() == hf_out[0].token_ids.tolist()
