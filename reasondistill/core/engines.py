@@ -6,6 +6,10 @@ Two backends produce identical outputs:
 - `TransformersEngine`: plain `generate` and forward passes, for machines without vLLM and as the
   baseline the vLLM numbers are checked against.
 
+What callers may rely on is written as two protocols: `SamplingEngine` (sample, close: what evaluation
+needs; `core.llamacpp_engine.LlamaCppEngine` is one too) and `ScoringEngine` (score, close: what trace
+re-scoring and on-policy teacher scoring need). Annotate with them, not with the classes.
+
 Logprobs are always the model's raw distribution, log softmax(logits) before temperature and top-p
 (vLLM's `logprobs_mode="raw_logprobs"`; transformers' `output_logits`), so the stored targets do not
 depend on how the traces were sampled. The dataset records this as `logprobs_mode`.
@@ -14,12 +18,34 @@ depend on how the traces were sampled. The dataset records this as `logprobs_mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 LOGPROBS_MODE = "raw_logprobs"
+
+
+class SamplingEngine(Protocol):
+    """Samples completions of token-id prompts, each prompt from its own seed."""
+
+    def sample(
+        self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]
+    ) -> list[list[Completion]]:
+        """`sampling.n` completions per prompt, with the top-k logprobs of every token."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (and an engine process, if any)."""
+        ...
+
+
+class ScoringEngine(Protocol):
+    """Scores given completions: the model's top-k logprobs at every completion position."""
+
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[TokenLogprobs]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
