@@ -1,13 +1,14 @@
 """Trace-generation throughput and storage, measured in one process.
 
     .venv/bin/python benchmarks/generate.py [--teacher DIR] [--prompts 64] [--max-tokens 128]
+        [--models teacher random] [--repeats 2] [--storage-tokens 400]
 
 Prints a table of completion tokens/s for, on the same prompts and sampling parameters:
 raw vLLM `LLM.generate` without logprobs, with top-20 logprobs (per-token dicts, and flat lists),
 our engine (flat lists -> numpy), our whole shard pipeline (engine + grading + records + Parquet
 write), and the transformers backend; then stored bytes per completion token at k = 1, 8, 20.
 Every vLLM row uses the same sampling parameters and per-prompt seeds, so they draw the same
-completions; rates are the best of two runs, ratios against the raw call in the same process.
+completions; rates are the best of `--repeats` runs, ratios against the raw call in the same process.
 Two models: the trained demo teacher (real
 distributions, for storage) and a randomly initialised ~80M-parameter Qwen2 (where generation,
 not Python overhead, dominates).
@@ -25,10 +26,12 @@ from pathlib import Path
 
 import torch
 
+from reasondistill.core.logs import setup_logging
+from reasondistill.core.markdown_table import markdown_table
 from reasondistill.core.prompts import render_prompt
 
 
-def best_rate(run, count_tokens, repeats: int = 2, fresh_dir: str | None = None) -> float:
+def best_rate(run, count_tokens, repeats: int, fresh_dir: str | None = None) -> float:
     """Best of `repeats` runs, in tokens per second (the machine's other load only slows runs down)."""
     rates = []
     for _ in range(repeats):
@@ -108,8 +111,8 @@ def bench_info(model: str, vocab_size: int, k: int):
     )
 
 
-def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
-    """Rows of (what, completion tokens/s) for one model."""
+def measure_model(model_dir: Path, engine, tokenizer, prompt_ids, prompts, args) -> list[tuple[str, float]]:
+    """Rows of (what, completion tokens/s) for one model, `engine` a VllmEngine on it."""
     from vllm import SamplingParams
 
     from reasondistill.core.engines import EngineConfig, SamplingConfig, TransformersEngine
@@ -117,7 +120,6 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
     from reasondistill.generate.generate_config import GenerateConfig
 
     settings = engine_settings(model_dir)
-    engine, tokenizer, prompt_ids = open_engine(model_dir, prompts)
     common = dict(n=1, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
     requests = [{"prompt_token_ids": p} for p in prompt_ids]
     rows = []
@@ -127,6 +129,7 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
         return best_rate(
             lambda: engine.llm.generate(requests, params, use_tqdm=False),
             lambda outputs: sum(len(o.outputs[0].token_ids) for o in outputs),
+            args.repeats,
         )
 
     raw(max_tokens=4)  # warm-up
@@ -140,7 +143,9 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
         (
             "our VllmEngine.sample (numpy top-20)",
             best_rate(
-                lambda: engine.sample(prompt_ids, sampling, seeds=list(range(len(prompt_ids)))), tokens_of
+                lambda: engine.sample(prompt_ids, sampling, seeds=list(range(len(prompt_ids)))),
+                tokens_of,
+                args.repeats,
             ),
         )
     )
@@ -169,34 +174,35 @@ def measure_model(model_dir: Path, prompts, args) -> list[tuple[str, float]]:
         rows.append(
             (
                 "our pipeline: sample + grade + records + Parquet",
-                best_rate(pipeline, lambda stats: stats["completion_tokens"], fresh_dir=scratch),
+                best_rate(pipeline, lambda stats: stats["completion_tokens"], args.repeats, scratch),
             )
         )
-    engine.close()
 
     hf = TransformersEngine(EngineConfig(**{**settings, "backend": "transformers"}), batch_size=len(prompts))
     rows.append(
         (
             "transformers backend (top-20)",
-            best_rate(lambda: hf.sample(prompt_ids, sampling, seeds=list(range(len(prompt_ids)))), tokens_of),
+            best_rate(
+                lambda: hf.sample(prompt_ids, sampling, seeds=list(range(len(prompt_ids)))),
+                tokens_of,
+                args.repeats,
+            ),
         )
     )
     return rows
 
 
-def storage_rows(teacher_dir: Path, prompts, args) -> list[tuple[int, float, float]]:
+def storage_rows(teacher_dir: Path, engine, prompt_ids, prompts, args) -> list[tuple[int, str, str]]:
     """(k, bytes/token all columns, bytes/token top-k columns) on the demo teacher's real traces."""
     from reasondistill.core.engines import SamplingConfig
     from reasondistill.core.traces import TOPK_COLUMNS, bytes_per_token, write_shard
 
-    engine, _, prompt_ids = open_engine(teacher_dir, prompts)
     completions = engine.sample(
         prompt_ids,
-        SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_tokens=400),
+        SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_tokens=args.storage_tokens),
         seeds=list(range(len(prompts))),
     )
     vocab_size = engine.llm.llm_engine.model_config.get_vocab_size()
-    engine.close()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for k in (1, 8, 20):
@@ -221,7 +227,7 @@ def storage_rows(teacher_dir: Path, prompts, args) -> list[tuple[int, float, flo
             ]
             info = bench_info(str(teacher_dir), vocab_size, k)
             path = write_shard(Path(scratch) / f"k{k}", 0, 1, records, info, dict(Counter()))
-            rows.append((k, bytes_per_token(path), bytes_per_token(path, TOPK_COLUMNS)))
+            rows.append((k, f"{bytes_per_token(path):.1f}", f"{bytes_per_token(path, TOPK_COLUMNS):.1f}"))
     return rows
 
 
@@ -236,24 +242,45 @@ def main() -> None:
     )
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=["teacher", "random"],
+        default=["teacher", "random"],
+        help="models to time",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs per rate (the best counts)")
+    parser.add_argument("--storage-tokens", type=int, default=400, help="longest trace of the storage table")
     args = parser.parse_args()
+    setup_logging("warning")  # the tables are the output; third-party start-up chatter stays down
     os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(".cache/reasondistill/vllm").resolve()))
     torch.set_num_threads(os.cpu_count() or 1)
     teacher = args.teacher or max(Path(".cache/reasondistill").glob("demo-teacher-*"), key=os.path.getmtime)
     prompts = load_prompts("task:arithmetic", split="test", limit=args.prompts)
 
     with tempfile.TemporaryDirectory() as scratch:
-        random_model = build_random_model(teacher, Path(scratch) / "random-80m")
-        for name, model_dir in (("demo teacher (3.3M)", teacher), ("random Qwen2 (~80M)", random_model)):
-            rows = measure_model(model_dir, prompts, args)
+        models = {"teacher": ("demo teacher (3.3M)", teacher)}
+        if "random" in args.models:
+            models["random"] = (
+                "random Qwen2 (~80M)",
+                build_random_model(teacher, Path(scratch) / "random-80m"),
+            )
+        storage = []
+        for name, model_dir in (models[chosen] for chosen in args.models):
+            engine, tokenizer, prompt_ids = open_engine(model_dir, prompts)
+            try:
+                rows = measure_model(model_dir, engine, tokenizer, prompt_ids, prompts, args)
+                if model_dir == teacher:
+                    storage = storage_rows(teacher, engine, prompt_ids, prompts, args)
+            finally:
+                engine.close()
             base = rows[0][1]
             print(
                 f"\n{name}: {args.prompts} prompts x {args.max_tokens} tokens, temperature 1, float32, "
                 f"{os.cpu_count()} CPU threads"
             )
-            print(f"| {'what':<52} | tokens/s | vs raw no-logprobs |\n|{'-' * 54}|---------:|---------:|")
-            for what, rate in rows:
-                print(f"| {what:<52} | {rate:8.0f} | {rate / base:8.2f} |")
+            table = [(what, f"{rate:.0f}", f"{rate / base:.2f}") for what, rate in rows]
+            print(markdown_table(["what", "tokens/s", "vs raw no-logprobs"], table, numeric=(1, 2)))
             rate = dict(rows)
             print(
                 f"cost of top-20 logprobs (raw flat / raw none): {rate[rows[2][0]] / base:.2f}; "
@@ -262,10 +289,9 @@ def main() -> None:
                 f"{rate[rows[3][0]] / rate[rows[5][0]]:.2f}"
             )
 
-    print("\nstored bytes per completion token (demo teacher traces, Parquet zstd):")
-    print("| k | all columns | top-k columns |\n|--:|--:|--:|")
-    for k, total, topk in storage_rows(teacher, prompts, args):
-        print(f"| {k} | {total:.1f} | {topk:.1f} |")
+    if storage:
+        print("\nstored bytes per completion token (demo teacher traces, Parquet zstd):")
+        print(markdown_table(["k", "all columns", "top-k columns"], storage, numeric=(0, 1, 2)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Size, memory, speed and accuracy of every compressed artifact, and the prune half of prune-distil-quantize.
 
     .venv/bin/python benchmarks/quantize.py [--model DIR] [--num-problems 100] [--output-dir DIR]
+        [--profiles P ...] [--max-tokens N] [--speed-tokens 128] [--large-layers 12]
+        [--calibration-tokens 128] [--threads 2]
 
 Three tables, each printed as it finishes:
 
@@ -10,8 +12,9 @@ Three tables, each printed as it finishes:
    accuracy kept.
 2. A randomly initialised 12-layer x 512 Qwen2 (36M parameters), size and speed only: at the demo size the
    embedding, norms and per-process overhead hide what 4 bits save; here the layers dominate.
-3. Pruning the same model (4 -> 3 layers, MLP 768 -> 512): parameters, size and accuracy before
-   distillation; `reasondistill train` then distils it back (docs/quantize.md).
+3. Pruning the same model by one layer and a third of the MLP width (the demo teacher: 4 -> 3 layers, MLP
+   768 -> 512): parameters, size and accuracy before distillation; `reasondistill train` then distils it
+   back (docs/quantize.md).
 
 GGUF rows run in llama.cpp when llama-cpp-python is installed (Q4_K_M needs it), else in transformers.
 """
@@ -20,15 +23,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from reasondistill.compress.prune import PruneConfig, prune_model
+from transformers import AutoConfig, AutoTokenizer
+
+from reasondistill.compress.prune import prune_model
+from reasondistill.compress.prune_config import PruneConfig
 from reasondistill.compress.quantize import build_artifacts, format_table, measure_artifacts
 from reasondistill.compress.quantize_config import QuantizeConfig
 from reasondistill.core.llamacpp_engine import llama_cpp_available
+from reasondistill.core.logs import setup_logging
+from reasondistill.core.markdown_table import markdown_table
 from reasondistill.core.model_dir import parameter_count
 from reasondistill.demo.factory import ModelSize, build_model
 from reasondistill.evaluate.evaluate import evaluate_models, model_size_bytes
+from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.results import ModelSpec
 
 LARGE = ModelSize(
@@ -38,6 +48,7 @@ LARGE = ModelSize(
     num_attention_heads=8,
     num_key_value_heads=2,
 )
+PROFILES = ["gguf-f16", "gguf-q8", "gguf-q4", "nf4", "int8"]
 
 
 def default_model() -> str:
@@ -49,8 +60,8 @@ def default_model() -> str:
 
 def compress(model: str, out: Path, profiles: list[str], **settings) -> list[dict]:
     config = QuantizeConfig(model=model, output_dir=str(out), profiles=profiles, **settings)
-    reference, artifacts = build_artifacts(config, log=lambda _: None)
-    rows, _ = measure_artifacts(reference, artifacts, config, log=lambda _: None)
+    reference, artifacts = build_artifacts(config)
+    rows, _ = measure_artifacts(reference, artifacts, config)
     print(format_table(rows), flush=True)
     return rows
 
@@ -61,61 +72,77 @@ def main() -> None:
     parser.add_argument("--num-problems", type=int, default=100)
     parser.add_argument("--output-dir", default="outputs/bench-quantize")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--profiles",
+        nargs="+",
+        default=PROFILES + (["gguf-q4km"] if llama_cpp_available() else []),
+        help="hardware profiles to build (default: all; gguf-q4km with llama-cpp-python)",
+    )
+    parser.add_argument("--max-tokens", type=int, default=None, help="longest response (default: 400)")
+    parser.add_argument("--speed-tokens", type=int, default=128, help="tokens timed per artifact")
+    parser.add_argument("--large-layers", type=int, default=12, help="layers of the random model (table 2)")
+    parser.add_argument(
+        "--calibration-tokens", type=int, default=128, help="pruning: greedy tokens per calibration prompt"
+    )
     args = parser.parse_args()
+    setup_logging("warning")  # the tables are the output; third-party start-up chatter stays down
     model, out = args.model or default_model(), Path(args.output_dir)
-    profiles = ["gguf-f16", "gguf-q8", "gguf-q4", "nf4", "int8"]
-    profiles += ["gguf-q4km"] if llama_cpp_available() else []
+    profiles, settings = args.profiles, dict(threads=args.threads, speed_tokens=args.speed_tokens)
     results = {}
 
     print(f"\n## 1. {model}: greedy pass@1 on the first {args.num_problems} demo-task test problems\n")
-    results["demo"] = compress(
-        model, out / "demo", profiles, num_problems=args.num_problems, threads=args.threads
-    )
+    accuracy = dict(num_problems=args.num_problems, max_tokens=args.max_tokens)
+    results["demo"] = compress(model, out / "demo", profiles, **accuracy, **settings)
 
-    print("\n## 2. random Qwen2, 12 layers x 512 (size and speed only)\n")
-    from transformers import AutoTokenizer
-
-    large = out / "random-12x512"
+    print(f"\n## 2. random Qwen2, {args.large_layers} layers x 512 (size and speed only)\n")
+    large = out / f"random-{args.large_layers}x512"
     tokenizer = AutoTokenizer.from_pretrained(model)
-    build_model(LARGE, tokenizer, seed=0).save_pretrained(large)
+    build_model(replace(LARGE, num_hidden_layers=args.large_layers), tokenizer, seed=0).save_pretrained(large)
     tokenizer.save_pretrained(large)
     print(f"{parameter_count(large):,} parameters")
-    results["large"] = compress(str(large), out / "large", profiles, benchmark=None, threads=args.threads)
+    results["large"] = compress(str(large), out / "large", profiles, benchmark=None, **settings)
 
     print("\n## 3. pruning (before distillation)\n")
     pruned_dir = out / "pruned"
+    original = AutoConfig.from_pretrained(model)
+    width = original.intermediate_size * 2 // 3 // 32 * 32  # a multiple of 32, as pruning requires
     pruned, pruned_tokenizer, info = prune_model(
-        PruneConfig(model=model, num_layers=3, intermediate_size=512)
+        PruneConfig(
+            model=model,
+            num_layers=original.num_hidden_layers - 1,
+            intermediate_size=width,
+            calibration_tokens=args.calibration_tokens,
+        )
     )
     pruned.save_pretrained(pruned_dir)
     pruned_tokenizer.save_pretrained(pruned_dir)
-    from reasondistill.evaluate.evaluate_config import EvaluateConfig
-
     config = EvaluateConfig(
         backend="transformers",
         dtype="float32",
         max_model_len=1024,
         num_samples=1,
         temperature=0.0,
-        num_problems=args.num_problems,
+        **accuracy,
     )
     runs = evaluate_models(
-        [ModelSpec(model, "original"), ModelSpec(str(pruned_dir), "pruned")],
-        ["arithmetic"],
-        config,
-        log=lambda _: None,
+        [ModelSpec(model, "original"), ModelSpec(str(pruned_dir), "pruned")], ["arithmetic"], config
     )
-    print(
-        "| model | layers | MLP width | parameters | size MB | pass@1 |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: |"
-    )
-    shapes = {"original": (4, 768, info["parameters_before"]), "pruned": (3, 512, info["parameters_after"])}
-    for run in runs:
-        layers, width, params = shapes[run.model]
-        print(
-            f"| {run.model} | {layers} | {width} | {params:,} | {model_size_bytes(run.model_path) / 1e6:.2f} "
-            f"| {run.metrics['pass@1']['value']:.1%} |"
-        )
+    shapes = {  # model -> (layers, MLP width, parameters)
+        "original": (original.num_hidden_layers, original.intermediate_size, info["parameters_before"]),
+        "pruned": (info["num_layers"], info["intermediate_size"], info["parameters_after"]),
+    }
+    rows = [
+        [
+            run.model,
+            *shapes[run.model][:2],
+            f"{shapes[run.model][2]:,}",
+            f"{model_size_bytes(run.model_path) / 1e6:.2f}",
+            f"{run.metrics['pass@1']['value']:.1%}",
+        ]
+        for run in runs
+    ]
+    header = ["model", "layers", "MLP width", "parameters", "size MB", "pass@1"]
+    print(markdown_table(header, rows, numeric=range(1, len(header))))
     results["prune"] = {"info": info, "pass@1": {run.model: run.metrics["pass@1"]["value"] for run in runs}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 

@@ -5,7 +5,10 @@
     .venv/bin/python benchmarks/train.py --only loss --device cuda --dtype bfloat16 \
         --tokens 8192 --hidden 1536       # the issue's H100 check
 
-Needs the demo teacher and its traces (run `reasondistill demo` once). Every case runs in its own
+Tables 1-3 need the demo teacher and its traces (run `reasondistill demo` once), or another teacher
+and trace dataset of the same tokenizer (`--teacher DIR --traces DIR`; every trace is used, verified or
+not: the demo keeps verified ones only, and the cost does not depend on it). `--no-vllm` leaves out the
+rows that start vLLM engines (tests/benchmarks runs every table that way). Every case runs in its own
 subprocess; "peak extra" is its peak resident memory during the measured work (VmHWM, reset just
 before) minus its resident memory at that moment. A step's time is the wall time from the end of one
 optimizer step to the end of the next, so it includes fetching the batch (and on-policy sampling).
@@ -48,6 +51,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from reasondistill.core.markdown_table import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +102,7 @@ def peak_extra(start: float) -> float:
 
 
 def demo_paths() -> tuple[Path, Path]:
+    """The demo teacher and its traces, as `reasondistill demo` leaves them."""
     teachers = sorted((REPO / ".cache/reasondistill").glob("demo-teacher-*/demo_build.json"))
     if not teachers:
         sys.exit("no demo teacher: run `reasondistill demo` first")
@@ -107,14 +113,15 @@ def demo_paths() -> tuple[Path, Path]:
     return teacher, traces
 
 
-def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) -> dict:
+def trainer_case(
+    case: str, steps: int, batch: int, new_tokens: int, teacher_dir: Path, traces: Path, out: Path
+) -> dict:
     """Train the demo student for `steps` steps; median step time after 3 warm-up steps, peak extra."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from reasondistill.demo.factory import build_model
     from reasondistill.train.distill_config import DistillConfig
 
-    teacher_dir, traces = demo_paths()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     student_dir = out / "student"
     build_model("student", tokenizer, seed=0).save_pretrained(student_dir)
@@ -137,13 +144,14 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
             times.append(now - self.last)
             self.last = now
 
+    parts: dict[str, list[float]] = {"sample_s": [], "score_s": []}
     if case != "gkd":
         from peft import LoraConfig
 
         from reasondistill.train.distill_data import TopKCollator, gen_temperature, load_trace_dataset
         from reasondistill.train.distill_trainer import DistillTrainer
 
-        dataset, info, _ = load_trace_dataset(str(traces), True, 1024)
+        dataset, info, _ = load_trace_dataset(str(traces), False, 1024)
         settings = dict(traces=str(traces), kd_weight=0.0 if case == "ce" else 1.0, **common)
         lora = None
         if case in ON_POLICY_CASES:  # tables 2 and 3: off-policy, or sampling with a backend
@@ -170,12 +178,18 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
             peft_config=lora,
             callbacks=[StepTimer()],
         )
+        for part, engine, method in (
+            ("sample_s", trainer.student_sampler, "sample"),
+            ("score_s", trainer.teacher_scorer, "score"),
+        ):
+            if engine is not None:  # on-policy: time the student's sampling and the teacher's scoring too
+                setattr(engine, method, timed(getattr(engine, method), parts[part]))
     else:  # TRL's GKD: the teacher runs live on the same traces (rendered as conversations)
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         from reasondistill.core.traces import load_traces
 
-        records = load_traces(traces).filter(lambda c: c, input_columns="correct")
+        records = load_traces(traces)
         dataset = records.map(
             lambda q, c: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": c}]},
             input_columns=["question", "completion"],
@@ -190,13 +204,6 @@ def trainer_case(case: str, steps: int, batch: int, new_tokens: int, out: Path) 
             processing_class=tokenizer,
             callbacks=[StepTimer()],
         )
-    parts: dict[str, list[float]] = {"sample_s": [], "score_s": []}
-    for part, engine, method in (
-        ("sample_s", trainer.student_sampler, "sample"),
-        ("score_s", trainer.teacher_scorer, "score"),
-    ):
-        if engine is not None:  # on-policy: time the student's sampling and the teacher's scoring too
-            setattr(engine, method, timed(getattr(engine, method), parts[part]))
     resident = start_peak()
     trainer.train()
     result = {"step_s": statistics.median(times[3:]), "peak_extra_mib": peak_extra(resident)}
@@ -221,7 +228,9 @@ def loss_case(
     """Forward + backward of one loss on random inputs; best time of `repeats`, peak extra memory."""
     import torch.nn.functional as F
 
-    from reasondistill.train.losses import distillation_loss, distillation_loss_from_logits
+    from reasondistill.train.losses import LossSettings, distillation_loss, distillation_loss_from_logits
+
+    ce_and_kd = LossSettings(ce_weight=1.0, kd_weight=1.0)
 
     gen = torch.Generator().manual_seed(0)
     like = dict(device=device, dtype=getattr(torch, dtype))
@@ -239,14 +248,14 @@ def loss_case(
     def run() -> torch.Tensor:
         if case == "chunked":
             return distillation_loss(
-                hidden_in, weight, labels, topk_ids, topk_logprobs, ce_weight=1.0, kd_weight=1.0
+                hidden_in, weight, labels, topk_ids, topk_logprobs, settings=ce_and_kd
             ).total
         logits = hidden_in @ weight.T  # [N, V]
         if case == "plain_ce":
             return F.cross_entropy(logits.float(), labels)
         if case == "ours_full_logits":
             return distillation_loss_from_logits(
-                logits, labels, topk_ids, topk_logprobs, ce_weight=1.0, kd_weight=1.0
+                logits, labels, topk_ids, topk_logprobs, settings=ce_and_kd
             ).total
         # naive dense: teacher top-k renormalised and scattered into a [N, V] target
         logits = logits.float()
@@ -284,22 +293,27 @@ def subprocess_case(*argv: str) -> dict:
 def table(title: str, rows: dict[str, dict], baseline: str, parts: tuple[str, ...] = ()) -> None:
     """Markdown rows of step time and peak memory as ratios to `baseline`, then the `parts` columns."""
     base = rows[baseline]
-    header = "".join(f" {part} (s) |" for part in parts)
-    print(f"\n{title}\n| case | step (s) | x {baseline} | peak extra (MiB) | x {baseline} |{header}")
-    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(parts))
-    for name, r in rows.items():
-        cells = "".join(f" {r[f'{part}_s']:.3f} |" if f"{part}_s" in r else " - |" for part in parts)
-        print(
-            f"| {name} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
-            f"{r['peak_extra_mib']:.0f} | {r['peak_extra_mib'] / max(base['peak_extra_mib'], 1):.2f} |{cells}"
-        )
+    header = ["case", "step (s)", f"x {baseline}", "peak extra (MiB)", f"x {baseline}"]
+    cells = [
+        [
+            name,
+            f"{r['step_s']:.3f}",
+            f"{r['step_s'] / base['step_s']:.2f}",
+            f"{r['peak_extra_mib']:.0f}",
+            f"{r['peak_extra_mib'] / max(base['peak_extra_mib'], 1):.2f}",
+            *(f"{r[f'{part}_s']:.3f}" if f"{part}_s" in r else "-" for part in parts),
+        ]
+        for name, r in rows.items()
+    ]
+    header += [f"{part} (s)" for part in parts]
+    print(f"\n{title}\n{markdown_table(header, cells, numeric=range(1, len(header)))}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=60, help="training steps per case (at least 4)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=152064)
@@ -310,6 +324,9 @@ def main() -> None:
     parser.add_argument(
         "--new-tokens", type=int, default=128, help="on-policy completion length (tables 2, 3)"
     )
+    parser.add_argument("--teacher", type=Path, help="teacher model directory (default: the demo's)")
+    parser.add_argument("--traces", type=Path, help="its trace dataset (default: the demo's)")
+    parser.add_argument("--no-vllm", action="store_true", help="leave out the rows that start vLLM")
     parser.add_argument(
         "--only", choices=["trainer", "on_policy", "on_policy_full", "loss"], help="run one table"
     )
@@ -322,13 +339,17 @@ def main() -> None:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                result = trainer_case(case, args.steps, args.batch, args.new_tokens, Path(tmp))
+                models = (args.teacher, args.traces)
+                result = trainer_case(case, args.steps, args.batch, args.new_tokens, *models, Path(tmp))
         else:
             shape = (args.tokens, args.vocab, args.hidden, args.k)
             result = loss_case(case, *shape, repeats=3, device=args.device, dtype=args.dtype)
         print(json.dumps(result))
         return
-    steps = ["--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens)]
+    if args.only != "loss":
+        teacher, traces = (args.teacher, args.traces) if args.teacher else demo_paths()
+        steps = ["--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens)]
+        steps += ["--teacher", str(teacher), "--traces", str(traces)]
     if args.only in (None, "trainer"):
         trainers = {case: subprocess_case("trainer", case, *steps) for case in ("ce", "kd", "gkd")}
         table(
@@ -347,7 +368,11 @@ def main() -> None:
     ):
         if args.only not in (None, only):
             continue
-        cases = {case: row for case, row in ON_POLICY_CASES.items() if row[4] == uses_lora}
+        cases = {
+            case: row
+            for case, row in ON_POLICY_CASES.items()
+            if row[4] == uses_lora and not (args.no_vllm and row[1] == "vllm")
+        }
         table(
             f"On-policy steps, {student} ({args.steps} steps x {args.batch} prompts, up to "
             f"{args.new_tokens} new tokens; median step after 3 warm-up)",

@@ -1,7 +1,9 @@
 """`reasondistill` command line: one sub-command per pipeline stage, each driven by a YAML recipe.
 
-Every stage reads `RECIPE.yaml` and accepts `--key value` overrides of any recipe field, as TRL's
-scripts do. Run `reasondistill STAGE --help` for a stage's fields.
+Every stage reads its recipe as TRL's and open-r1's scripts do, `reasondistill STAGE --config RECIPE.yaml`,
+or `reasondistill STAGE RECIPE.yaml` for short, and accepts `--key value` overrides of any recipe field.
+Run `reasondistill STAGE --help` for a stage's fields; `reasondistill --log_level debug STAGE ...` for more
+messages.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
-from reasondistill.core.recipe import RecipeError
+from reasondistill.core.logs import LogLevel, setup_logging
+from reasondistill.core.recipe import RecipeError, locate_recipe, split_recipe_argument
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DEMO_RECIPE = "recipes/demo/teacher.yaml"
+DEFAULT_DEMO_RECIPE = "recipes/demo/teacher.yaml"  # shipped in the package: found from any directory
 
 STAGES = {
     "generate": (
@@ -58,10 +61,10 @@ STAGE_CONFIGS = {
     "train": ["trl:ModelConfig", "reasondistill.train.distill_config:DistillConfig"],
     "evaluate": ["reasondistill.evaluate.evaluate_config:EvaluateConfig"],
     "quantize": ["reasondistill.compress.quantize_config:QuantizeConfig"],
-    "prune": ["reasondistill.compress.prune:PruneConfig"],
-    "pdq": ["reasondistill.chains.pdq:PDQConfig"],
-    "progressive": ["reasondistill.chains.progressive:ProgressiveConfig"],
-    "demo": ["reasondistill.demo.teacher:TeacherConfig"],
+    "prune": ["reasondistill.compress.prune_config:PruneConfig"],
+    "pdq": ["reasondistill.chains.pdq_config:PDQConfig"],
+    "progressive": ["reasondistill.chains.progressive_config:ProgressiveConfig"],
+    "demo": ["reasondistill.demo.teacher_config:TeacherConfig"],
 }
 
 # Stages that also run from command-line flags alone (`reasondistill evaluate --model DIR --benchmark gsm8k`).
@@ -75,15 +78,15 @@ def set_cache_locations(cache_dir: Path) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / "torchinductor").resolve()))
 
 
-def resolve_demo_recipe(path: str) -> Path:
-    """A relative recipe path is looked up in the working directory, then in the source checkout."""
-    candidate = Path(path)
-    if candidate.exists() or candidate.is_absolute():
-        return candidate
-    return REPO_ROOT / path
+def stage_usage(stage: str) -> str:
+    """`reasondistill STAGE ...`, the recipe in brackets where the stage also runs without one."""
+    recipe = "RECIPE.yaml | --config RECIPE.yaml"
+    recipe = f"[{recipe}]" if stage in RECIPE_OPTIONAL or stage == "demo" else f"({recipe})"
+    default = f" (default recipe: {DEFAULT_DEMO_RECIPE})" if stage == "demo" else ""
+    return f"reasondistill {stage} {recipe} [--key value ...] [-h]{default}"
 
 
-def print_recipe_fields(stage: str, recipe: str | None) -> None:
+def print_recipe_fields(stage: str, recipe: Path | None) -> None:
     """Every recipe field of the stage with its help and value (the recipe's, else the default); exits."""
     import importlib
 
@@ -93,24 +96,25 @@ def print_recipe_fields(stage: str, recipe: str | None) -> None:
     for target in STAGE_CONFIGS[stage]:
         module, name = target.split(":")
         classes.append(getattr(importlib.import_module(module), name))
-    print(f"{STAGES[stage]}\n\nRecipe fields (YAML keys; --key value overrides them):")
+    print(f"usage: {stage_usage(stage)}\n\n{STAGES[stage]}\n")
+    print("Recipe fields (YAML keys; --key value overrides them):")
     parse_recipe(recipe, tuple(classes), ["--help"])  # HfArgumentParser prints them and exits
 
 
-def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
+def run_stage(stage: str, recipe: Path | None, overrides: list[str]) -> int:
     # Imported here so that `--help` and unbuilt stages answer without loading torch.
     if stage == "demo":
         from reasondistill.demo.demo import run_demo
 
-        return run_demo(resolve_demo_recipe(recipe), overrides)
+        return run_demo(recipe, overrides)
     if stage == "evaluate":
         from reasondistill.evaluate.evaluate import run_evaluate
 
-        return run_evaluate(recipe and Path(recipe), overrides)
+        return run_evaluate(recipe, overrides)
     if stage == "quantize":
         from reasondistill.compress.quantize import run_quantize
 
-        return run_quantize(recipe and Path(recipe), overrides)
+        return run_quantize(recipe, overrides)
     if stage == "prune":
         from reasondistill.compress.prune import run_prune
 
@@ -118,18 +122,18 @@ def run_stage(stage: str, recipe: str | None, overrides: list[str]) -> int:
     if stage == "pdq":
         from reasondistill.chains.pdq import run_pdq
 
-        return run_pdq(recipe and Path(recipe), overrides)
+        return run_pdq(recipe, overrides)
     if stage == "progressive":
         from reasondistill.chains.progressive import run_progressive_cli
 
-        return run_progressive_cli(Path(recipe), overrides)
+        return run_progressive_cli(recipe, overrides)
     if stage == "train":
         from reasondistill.train.train import run_train
 
-        return run_train(Path(recipe), overrides)
+        return run_train(recipe, overrides)
     from reasondistill.generate.generate import run_generate
 
-    return run_generate(Path(recipe), overrides)
+    return run_generate(recipe, overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,51 +143,44 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Stages: " + "; ".join(f"{name}: {text}" for name, text in STAGES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--log_level",
+        choices=get_args(LogLevel),
+        default="info",
+        # before the stage: after it, --log_level is a recipe field where the stage has one (train's
+        # TrainingArguments.log_level, transformers' verbosity)
+        help="how much reasondistill reports while a stage runs; give it before the stage (default: info)",
+    )
     sub = parser.add_subparsers(dest="stage", metavar="{" + ",".join(STAGES) + "}", required=True)
     for name, text in STAGES.items():
-        # -h is ours: it lists the recipe's fields, which argparse does not know about
-        stage = sub.add_parser(name, help=text, description=text, add_help=False)
-        stage.add_argument(
-            "-h",
-            "--help",
-            action="store_true",
-            help="list the recipe fields (with RECIPE: its values) and exit",
-        )
-        default = DEFAULT_DEMO_RECIPE if name == "demo" else None
-        stage.add_argument(
-            "recipe",
-            nargs="?",  # required unless optional, but checked after parsing so that --help works alone
-            default=default,
-            help="YAML recipe"
-            + (f" (default: {default})" if default else "")
-            + (" (optional: --key value flags alone also work)" if name in RECIPE_OPTIONAL else ""),
-        )
+        # -h is ours: it lists the recipe's fields, which argparse does not know about. The recipe and the
+        # overrides are left to split_recipe_argument and parse_recipe.
+        stage = sub.add_parser(name, help=text, usage=stage_usage(name), add_help=False, allow_abbrev=False)
+        stage.add_argument("-h", "--help", action="store_true")
+        stage.set_defaults(stage_parser=stage)  # so that main() reports errors as this stage's parser would
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args, overrides = build_parser().parse_known_args(argv)
-    if args.stage in RECIPE_OPTIONAL and argv[1:2] and argv[1].startswith("-"):
-        # No recipe: argparse would otherwise take the first flag's value ("--model DIR") for one.
-        args.recipe, overrides = None, argv[1:]
-    if args.help:
-        recipe = args.recipe and (resolve_demo_recipe(args.recipe) if args.stage == "demo" else args.recipe)
-        print_recipe_fields(args.stage, recipe)
-    if args.recipe is None and args.stage not in RECIPE_OPTIONAL:
-        print(
-            f"usage: reasondistill {args.stage} RECIPE.yaml [--key value ...]\n"
-            f"reasondistill {args.stage}: error: a recipe is required (--help lists its fields)",
-            file=sys.stderr,
-        )
-        return 2
-    set_cache_locations(Path(".cache/reasondistill"))
+    args, stage_args = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    stage, stage_parser = args.stage, args.stage_parser
     try:
-        return run_stage(args.stage, args.recipe, overrides)
-    except (RecipeError, ValueError) as error:  # bad input: the message names the problem and the fix
+        recipe, overrides = split_recipe_argument(stage_args)
+        if stage == "demo":
+            recipe = recipe or DEFAULT_DEMO_RECIPE
+        # located here, not only by parse_recipe: the demo reads the recipes beside its own
+        recipe_path = None if recipe is None else locate_recipe(recipe)
+        if args.help:
+            print_recipe_fields(stage, recipe_path)
+        if recipe_path is None and stage not in RECIPE_OPTIONAL:
+            raise RecipeError("a recipe is required (--help lists its fields)")
+        setup_logging(args.log_level)
+        set_cache_locations(Path(".cache/reasondistill"))
+        return run_stage(stage, recipe_path, overrides)
+    except ValueError as error:  # RecipeError included: bad input, the message names the problem and the fix
         if os.environ.get("REASONDISTILL_DEBUG"):
             raise
-        print(f"reasondistill {args.stage}: error: {error}", file=sys.stderr)
+        sys.stderr.write(f"{stage_parser.format_usage()}{stage_parser.prog}: error: {error}\n")
         return 2
 
 

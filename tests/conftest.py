@@ -3,6 +3,7 @@
 vLLM takes about a minute to start on 2 cores, so tests that need it share one engine.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,15 @@ CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test"
 os.environ.setdefault("VLLM_CACHE_ROOT", str(CACHE / "vllm"))
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE / "torchinductor"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def info_log(caplog, monkeypatch):
+    """pytest's caplog holding the `reasondistill` loggers' INFO messages (`.messages`, `.clear()`).
+    A CLI test's `setup_logging` stops them propagating to pytest's handler, so this turns that back on."""
+    monkeypatch.setattr(logging.getLogger("reasondistill"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="reasondistill")
+    return caplog
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,14 @@ re-running after a change repeats only what the change affects.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 
 from trl import ModelConfig
 
-from reasondistill.compress.prune import PRUNE_RECIPE_FILE, PruneConfig, describe, save_pruned
+from reasondistill.chains.pdq_config import PDQConfig
+from reasondistill.compress.prune import PRUNE_RECIPE_FILE, describe, save_pruned
+from reasondistill.compress.prune_config import PruneConfig
 from reasondistill.compress.quantize import (
     REFERENCE,
     accuracy_config,
@@ -32,50 +33,31 @@ from reasondistill.compress.quantize import (
     measure_artifacts,
 )
 from reasondistill.compress.quantize_config import QuantizeConfig
-from reasondistill.core.benchmark_specs import load_benchmark
+from reasondistill.core.markdown_table import markdown_table
 from reasondistill.core.model_dir import parameter_count
-from reasondistill.core.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
+from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.results_writer import write_results
+from reasondistill.core.run_reuse import run_unless_done
+from reasondistill.evaluate.benchmark_specs import load_benchmark
 from reasondistill.evaluate.evaluate import evaluate_models
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec, RunResult
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.train import train_unless_done
 
+logger = logging.getLogger(__name__)
+
 DISTILLED = "pruned+distilled"
-
-
-@dataclass
-class PDQConfig:
-    teacher: str = field(
-        metadata={"help": "Full-precision model to prune; the teacher whose traces the pruned model learns."}
-    )
-    traces: str = field(metadata={"help": "Trace dataset of that teacher (`reasondistill generate`)."})
-    prune_recipe: str = field(
-        default="recipes/demo/prune.yaml", metadata={"help": "Recipe of the prune step (num_layers, ...)."}
-    )
-    train_recipe: str = field(
-        default="recipes/demo/train.yaml",
-        metadata={"help": "Recipe of the distil step (`reasondistill train`)."},
-    )
-    quantize_recipe: str = field(
-        default="recipes/demo/quantize.yaml",
-        metadata={"help": "Recipe of the quantize step: profiles, benchmark and accuracy settings."},
-    )
-    prune_overrides: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Overrides of the prune recipe, in YAML as a list: [--key, value, ...]."},
-    )
-    train_overrides: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Overrides of the train recipe, in YAML as a list: [--key, value, ...]."},
-    )
-    quantize_overrides: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Overrides of the quantize recipe, in YAML as a list: [--key, value, ...]."},
-    )
-    output_dir: str = field(
-        default="outputs/pdq", metadata={"help": "pruned/, distilled/, quantized/, report."}
-    )
+CHAIN_HEADER = (
+    "step",
+    "model",
+    "layers",
+    "parameters",
+    "size MB",
+    "% of teacher size",
+    "pass@1",
+    "% of teacher pass@1",
+)
 
 
 def stage_configs(config: PDQConfig) -> tuple[PruneConfig, ModelConfig, DistillConfig, QuantizeConfig]:
@@ -109,14 +91,14 @@ def stage_configs(config: PDQConfig) -> tuple[PruneConfig, ModelConfig, DistillC
     return prune_config, model_args, train_config, quantize_config
 
 
-def prune_step(config: PruneConfig, log: Callable[[str], None]) -> Path:
-    out = Path(config.output_dir)
-    if matches_saved_recipe([config], out / PRUNE_RECIPE_FILE):
-        log(f"reusing {out}")
-        return out
-    out, info = save_pruned(config)
-    log(describe(config, out, info))
-    return out
+def prune_step(config: PruneConfig) -> bool:
+    """Prune unless OUTPUT_DIR holds a finished run of exactly these settings; True if it pruned."""
+
+    def prune() -> None:
+        out, info = save_pruned(config)
+        logger.info("%s", describe(config, out, info))
+
+    return run_unless_done([config], Path(config.output_dir) / PRUNE_RECIPE_FILE, prune)
 
 
 def _layers(path: Path) -> int:
@@ -155,45 +137,47 @@ def chain_rows(
 
 
 def format_chain(rows: list[dict]) -> str:
-    lines = [
-        "| step | model | layers | parameters | size MB | % of teacher size | pass@1 | % of teacher pass@1 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    cells = [
+        [
+            row["step"],
+            row["model"],
+            row["layers"],
+            f"{row['parameters']:,}",
+            f"{row['size_mb']:.2f}",
+            f"{row['size_vs_teacher']:.0%}",
+            f"{row['pass@1']:.1%}",
+            "-" if row["accuracy_vs_teacher"] is None else f"{row['accuracy_vs_teacher']:.1%}",
+        ]
+        for row in rows
     ]
-    for row in rows:
-        kept = "-" if row["accuracy_vs_teacher"] is None else f"{row['accuracy_vs_teacher']:.1%}"
-        lines.append(
-            f"| {row['step']} | {row['model']} | {row['layers']} | {row['parameters']:,} "
-            f"| {row['size_mb']:.2f} | {row['size_vs_teacher']:.0%} | {row['pass@1']:.1%} | {kept} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(CHAIN_HEADER, cells, numeric=range(2, len(CHAIN_HEADER)))
 
 
-def run_chain(config: PDQConfig, log: Callable[[str], None] = print) -> tuple[list[dict], list[RunResult]]:
+def run_chain(config: PDQConfig) -> tuple[list[dict], list[RunResult]]:
     """Run prune -> distil -> quantize; returns (the chain table's rows, every evaluation result)."""
     prune_config, model_args, train_config, quantize_config = stage_configs(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_recipe([config], out / "pdq_recipe.yaml")
-    log(f"[prune] {config.prune_recipe}")
-    repruned = not matches_saved_recipe([prune_config], Path(prune_config.output_dir) / PRUNE_RECIPE_FILE)
-    pruned = prune_step(prune_config, log)
-    log(f"[distil] {config.train_recipe}")
-    train_unless_done(model_args, train_config, log, redo=repruned)  # a new pruned model: distil it again
-    log(f"[quantize] {config.quantize_recipe}")
-    reference, artifacts = build_artifacts(quantize_config, log)
-    measured, quantized_results = measure_artifacts(reference, artifacts, quantize_config, log)
+    logger.info("[prune] %s", config.prune_recipe)
+    repruned = prune_step(prune_config)
+    pruned = Path(prune_config.output_dir)
+    logger.info("[distil] %s", config.train_recipe)
+    train_unless_done(model_args, train_config, redo=repruned)  # a new pruned model: distil it again
+    logger.info("[quantize] %s", config.quantize_recipe)
+    reference, artifacts = build_artifacts(quantize_config)
+    measured, quantized_results = measure_artifacts(reference, artifacts, quantize_config)
     before = evaluate_models(
         [ModelSpec(config.teacher, "teacher"), ModelSpec(str(pruned), "pruned")],
         [quantize_config.benchmark],
         accuracy_config(quantize_config, reference),
-        log=log,
     )
     for result in quantized_results:
         result.model = DISTILLED if result.model == REFERENCE else f"{DISTILLED} {result.model}"
     results = before + quantized_results
     rows = chain_rows(Path(config.teacher), pruned, reference, measured, results)
-    (out / "pdq.json").write_text(json.dumps({"chain": rows, "artifacts": measured}, indent=2))
-    (out / "pdq.md").write_text(f"{format_chain(rows)}\n\n{format_table(measured)}\n")
+    tables = f"{format_chain(rows)}\n\n{format_table(measured)}"
+    write_results(out, "pdq", {"chain": rows, "artifacts": measured}, tables)
     write_report(results, out / "report")
     return rows, results
 
@@ -201,5 +185,5 @@ def run_chain(config: PDQConfig, log: Callable[[str], None] = print) -> tuple[li
 def run_pdq(recipe: Path | None, overrides: list[str]) -> int:
     (config,) = parse_recipe(recipe, (PDQConfig,), overrides)
     rows, _ = run_chain(config)
-    print(f"{format_chain(rows)}\nreport: {Path(config.output_dir) / 'report' / 'report.md'}")
+    logger.info("%s\nreport: %s", format_chain(rows), Path(config.output_dir) / "report" / "report.md")
     return 0

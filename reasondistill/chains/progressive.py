@@ -14,28 +14,28 @@ existing stages through their artifacts:
     evaluate (`evaluate.py`) teacher, assistants, student via TAs and direct -> OUTPUT_DIR/report
 
 Every step uses the same train and generate recipes (plus overrides), so the student via assistants
-and the direct student differ only in whose traces they learn from. A model given as `demo:SIZE`
-is a freshly initialised demo model of that size (reasondistill/demo/factory.py) with the
-teacher's tokenizer. A step whose output holds a finished run of the same resolved settings is
+and the direct student differ only in whose traces they learn from. The starting models are model
+directories or hub ids with the teacher's tokenizer (recipes/demo/progressive.yaml shows how to build
+fresh demo-size ones). A step whose output holds a finished run of the same resolved settings is
 reused; generation resumes. LoRA steps save their merged model, which the next step reads.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoTokenizer
 from trl import ModelConfig
 
-from reasondistill.core.benchmark_specs import load_benchmark
+from reasondistill.chains.progressive_config import ProgressiveConfig
+from reasondistill.core.markdown_table import markdown_table
 from reasondistill.core.model_dir import parameter_count
-from reasondistill.core.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
+from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.results_writer import write_results
 from reasondistill.core.traces import trace_totals
-from reasondistill.demo.factory import save_initial_model
+from reasondistill.evaluate.benchmark_specs import load_benchmark
 from reasondistill.evaluate.evaluate import evaluate_models
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.report import write_report
@@ -43,72 +43,19 @@ from reasondistill.evaluate.results import ModelSpec, RunResult
 from reasondistill.generate.generate import generate
 from reasondistill.generate.generate_config import GenerateConfig
 from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.train import MERGED_DIR, RECIPE_FILE, train_unless_done
+from reasondistill.train.train import MERGED_DIR, train_unless_done
 
-DEMO_PREFIX = "demo:"
+logger = logging.getLogger(__name__)
 
-
-@dataclass
-class ProgressiveConfig:
-    teacher: str = field(metadata={"help": "The teacher model directory (or hub id)."})
-    traces: str = field(metadata={"help": "The teacher's trace dataset (`reasondistill generate`)."})
-    assistants: list[str] = field(
-        metadata={
-            "help": "Teaching assistants' starting models, largest first: directories, hub ids or "
-            "demo:SIZE (a fresh demo model)."
-        }
-    )
-    student: str = field(metadata={"help": "The student's starting model (directory, hub id or demo:SIZE)."})
-    train_recipe: str = field(
-        default="recipes/demo/train.yaml", metadata={"help": "Recipe of every distillation step."}
-    )
-    generate_recipe: str = field(
-        default="recipes/demo/generate.yaml",
-        metadata={"help": "Recipe of the assistants' traces (the one that made the teacher's)."},
-    )
-    evaluate_recipe: str = field(
-        default="recipes/demo/evaluate.yaml", metadata={"help": "Recipe of the final evaluation."}
-    )
-    train_overrides: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Overrides of the train recipe, every step: [--key, value, ...]."},
-    )
-    assistant_train_overrides: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Further overrides for the assistants' steps only (e.g. a larger budget)."},
-    )
-    generate_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "Overrides of the generate recipe: [--key, value, ...]."}
-    )
-    evaluate_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "Overrides of the evaluate recipe: [--key, value, ...]."}
-    )
-    assistant_traces: str = field(
-        default="score",
-        metadata={
-            "help": "What an assistant hands on. score: its top-k on the teacher's trace completions (the "
-            "same sequences, the assistant's soft labels: TAKD); sample: its own verified traces from the "
-            "generate recipe (needs an assistant that solves the prompts)."
-        },
-    )
-    direct_baseline: bool = field(
-        default=True, metadata={"help": "Also train the student directly on the teacher's traces."}
-    )
-    output_dir: str = field(default="outputs/progressive", metadata={"help": "Every step's output."})
-
-    def __post_init__(self) -> None:
-        if not self.assistants:
-            raise ValueError("give at least one teaching assistant (assistants: [MODEL, ...])")
-        if self.assistant_traces not in ("score", "sample"):
-            raise ValueError(f"assistant_traces is score or sample, got {self.assistant_traces!r}")
+CHAIN_HEADER = ("model", "learned from", "parameters", "traces it learned from", "pass@1", "95% CI")
 
 
 @dataclass
 class Step:
-    """One distillation step of the chain: `name` starts from `init` and learns from `teacher_name`."""
+    """One distillation step of the chain: `name` starts from `model_args.model_name_or_path` and learns
+    from `teacher_name`'s traces."""
 
     name: str
-    init: str
     teacher_name: str
     model_args: ModelConfig
     args: DistillConfig
@@ -128,8 +75,7 @@ def steps(config: ProgressiveConfig, traces_of: dict[str, str]) -> list[Step]:
     if config.direct_baseline:
         chain.append(("student-direct", config.student, "teacher"))
     result = []
-    for name, init, teacher_name in chain:
-        start = str(out / init.replace(":", "-")) if init.startswith(DEMO_PREFIX) else init
+    for name, start, teacher_name in chain:
         model_args, args = parse_recipe(
             config.train_recipe,
             (ModelConfig, DistillConfig),
@@ -140,7 +86,7 @@ def steps(config: ProgressiveConfig, traces_of: dict[str, str]) -> list[Step]:
         )
         # LoRA steps merge: the next step's traces come from (and the evaluation reads) a full model
         args.save_merged_model = args.save_merged_model or model_args.use_peft
-        result.append(Step(name, init, teacher_name, model_args, args))
+        result.append(Step(name, teacher_name, model_args, args))
     return result
 
 
@@ -165,22 +111,21 @@ def assistant_generate_config(config: ProgressiveConfig, step: Step, traces_dir:
 
 
 def chain_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | learned from | parameters | traces it learned from | pass@1 | 95% CI |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+    cells = [
+        [
+            row["model"],
+            row["learned_from"],
+            f"{row['parameters']:,}",
+            row["traces"],
+            f"{row['pass@1']:.1%}",
+            f"{row['ci95'][0]:.1%} - {row['ci95'][1]:.1%}",
+        ]
+        for row in rows
     ]
-    for row in rows:
-        low, high = row["ci95"]
-        lines.append(
-            f"| {row['model']} | {row['learned_from']} | {row['parameters']:,} | {row['traces']} "
-            f"| {row['pass@1']:.1%} | {low:.1%} - {high:.1%} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(CHAIN_HEADER, cells, numeric=(2, 3, 4))
 
 
-def run_progressive(
-    config: ProgressiveConfig, log: Callable[[str], None] = print
-) -> tuple[list[dict], list[RunResult]]:
+def run_progressive(config: ProgressiveConfig) -> tuple[list[dict], list[RunResult]]:
     """Run the chain; returns (one table row per model, the evaluation results)."""
     out = Path(config.output_dir)
     names = assistant_names(config)
@@ -198,32 +143,24 @@ def run_progressive(
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_recipe([config], out / "progressive_recipe.yaml")
 
-    tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     retrained = set()  # models trained in this run: what learned from their old traces is stale
     for step in chain:
-        if step.init.startswith(DEMO_PREFIX):  # a fresh demo model: the teacher's tokenizer, the step's seed
-            size, start = step.init.removeprefix(DEMO_PREFIX), Path(step.model_args.model_name_or_path)
-            save_initial_model(size, tokenizer, start, step.args.seed)
-        log(f"[train] {step.name} <- {step.teacher_name}'s traces ({step.args.traces})")
-        redo = step.teacher_name in retrained
-        if redo or not matches_saved_recipe(
-            [step.model_args, step.args], Path(step.args.output_dir) / RECIPE_FILE
-        ):
+        logger.info("[train] %s <- %s's traces (%s)", step.name, step.teacher_name, step.args.traces)
+        if train_unless_done(step.model_args, step.args, redo=step.teacher_name in retrained):
             retrained.add(step.name)
-        train_unless_done(step.model_args, step.args, log, redo=redo)
         if step.name in generate_configs:
-            log(f"[generate] {step.name}'s traces")
+            logger.info("[generate] %s's traces", step.name)
             traces = Path(traces_of[step.name])
             if step.name in retrained and traces.exists():  # the same settings, but another model's
-                log(f"removing {traces}: written by the {step.name} trained before this run")
+                logger.info("removing %s: written by the %s trained before this run", traces, step.name)
                 shutil.rmtree(traces)
-            generate(generate_configs[step.name], log=log)
+            generate(generate_configs[step.name])
 
     models = [("teacher", Path(config.teacher), "-")] + [
         (step.name, model_dir(step), step.teacher_name) for step in chain
     ]
     specs = [ModelSpec(str(path), name) for name, path, _ in models]
-    results = evaluate_models(specs, evaluate_config.benchmark, evaluate_config, log=log)
+    results = evaluate_models(specs, evaluate_config.benchmark, evaluate_config)
     rows = []
     for (name, path, teacher_name), result in zip(models, results, strict=True):
         metric = result.metrics["pass@1"]
@@ -239,8 +176,7 @@ def run_progressive(
                 "ci95": [metric["ci_low"], metric["ci_high"]],
             }
         )
-    (out / "progressive.json").write_text(json.dumps(rows, indent=2))
-    (out / "progressive.md").write_text(chain_table(rows) + "\n")
+    write_results(out, "progressive", rows, chain_table(rows))
     write_report(results, out / "report")
     return rows, results
 
@@ -248,5 +184,5 @@ def run_progressive(
 def run_progressive_cli(recipe: Path | None, overrides: list[str]) -> int:
     (config,) = parse_recipe(recipe, (ProgressiveConfig,), overrides)
     rows, _ = run_progressive(config)
-    print(f"{chain_table(rows)}\nreport: {Path(config.output_dir) / 'report' / 'report.md'}")
+    logger.info("%s\nreport: %s", chain_table(rows), Path(config.output_dir) / "report" / "report.md")
     return 0

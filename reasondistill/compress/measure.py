@@ -27,6 +27,7 @@ import torch
 
 from reasondistill.compress.gguf_export import dequantize_gguf, load_gguf_transformers
 from reasondistill.core.llamacpp_engine import LlamaCppEngine, llama_cpp_available
+from reasondistill.core.logs import quiet_third_party
 from reasondistill.evaluate.evaluate import evaluate_models, model_size_bytes
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.results import ModelSpec, RunResult
@@ -66,6 +67,7 @@ def _memory_mb(field: str) -> float:
 
 def _speed_run(path: str, tokenizer_dir: str, new_tokens: int, threads: int) -> dict[str, float]:
     """In a fresh process: load, warm up, time `new_tokens` greedy tokens; report memory and speed."""
+    quiet_third_party()  # a spawned process starts with fresh logging: no loading bars here either
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)

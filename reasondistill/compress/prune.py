@@ -22,7 +22,7 @@ greedy continuations, so the activations are those of reasoning, not of prompts 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 
 import torch
@@ -30,52 +30,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasondistill.compress.merge import check_full_precision
+from reasondistill.compress.prune_config import PruneConfig
 from reasondistill.core.prompts import load_prompts, render_prompt
 from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
 
-
-@dataclass
-class PruneConfig:
-    model: str = field(metadata={"help": "Full-precision Qwen2 model directory to prune."})
-    output_dir: str = field(default="outputs/prune", metadata={"help": "The pruned model directory."})
-    num_layers: int | None = field(
-        default=None, metadata={"help": "Decoder layers to keep (depth pruning); null keeps all."}
-    )
-    intermediate_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "MLP channels to keep per layer (width pruning), a multiple of 32; null keeps all."
-        },
-    )
-    calibration_prompts: str = field(
-        default="task:arithmetic",
-        metadata={"help": "Prompt source for calibration (task:arithmetic, .jsonl/.parquet, dataset dir)."},
-    )
-    question_field: str = field(
-        default="question", metadata={"help": "Question column of the prompt source."}
-    )
-    answer_field: str = field(default="answer", metadata={"help": "Answer column of the prompt source."})
-    num_calibration: int = field(default=64, metadata={"help": "Calibration sequences."})
-    calibration_tokens: int = field(
-        default=128, metadata={"help": "Greedy tokens the model adds to each prompt (0: prompts alone)."}
-    )
-    batch_size: int = field(default=16, metadata={"help": "Calibration sequences per forward pass."})
-    seed: int = field(default=0, metadata={"help": "Seed of the bundled task's prompts."})
-
-    def __post_init__(self) -> None:
-        if self.num_layers is not None and self.num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
-        if self.intermediate_size is not None and (
-            self.intermediate_size < 32 or self.intermediate_size % 32
-        ):
-            raise ValueError(
-                f"intermediate_size must be a positive multiple of 32 (bitsandbytes' CPU kernels need it), "
-                f"got {self.intermediate_size}"
-            )
-        if min(self.num_calibration, self.batch_size) < 1 or self.calibration_tokens < 0:
-            raise ValueError(
-                "num_calibration and batch_size must be at least 1, calibration_tokens at least 0"
-            )
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -286,5 +245,5 @@ def describe(config: PruneConfig, out: Path, info: dict) -> str:
 def run_prune(recipe: str | None, overrides: list[str]) -> int:
     (config,) = parse_recipe(recipe, (PruneConfig,), overrides)
     out, info = save_pruned(config)
-    print(describe(config, out, info))
+    logger.info(describe(config, out, info))
     return 0

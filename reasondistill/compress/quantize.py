@@ -11,8 +11,7 @@ artifacts; `measure_artifacts(reference, artifacts, config)` returns one row per
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 from reasondistill.compress.bnb_quantize import quantize_bnb
@@ -21,22 +20,37 @@ from reasondistill.compress.hardware_profiles import get_profile
 from reasondistill.compress.measure import Artifact, measure_accuracy, measure_speed, size_row
 from reasondistill.compress.merge import check_full_precision, is_adapter_dir, merge_adapter
 from reasondistill.compress.quantize_config import QuantizeConfig
+from reasondistill.core.markdown_table import markdown_table
 from reasondistill.core.model_dir import parameter_count
 from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.results_writer import write_results
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
+
+logger = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 WRITTEN_HERE = ("F16", "Q8_0", "Q4_0")  # GGUF types gguf_export writes itself; others need llama.cpp
+TABLE_HEADER = (
+    "artifact",
+    "runtime",
+    "size MB",
+    "% of bf16",
+    "peak RSS MB",
+    "model RSS MB",
+    "tokens/s",
+    "pass@1",
+    "accuracy kept",
+)
 
 
-def prepare_reference(config: QuantizeConfig, log: Callable[[str], None] = print) -> Path:
+def prepare_reference(config: QuantizeConfig) -> Path:
     """The full-precision model every artifact is made from: the merged adapter, or the model itself."""
     source = Path(config.model)
     if is_adapter_dir(source):
         merged = merge_adapter(
             source, Path(config.output_dir) / "merged", config.base_model, config.merged_dtype
         )
-        log(f"merged adapter {source} into its base ({config.merged_dtype}): {merged}")
+        logger.info(f"merged adapter {source} into its base ({config.merged_dtype}): {merged}")
         return merged
     if not (source / "config.json").is_file():
         raise ValueError(f"{source} is neither a model directory nor a PEFT adapter directory; check --model")
@@ -44,12 +58,10 @@ def prepare_reference(config: QuantizeConfig, log: Callable[[str], None] = print
     return source
 
 
-def build_artifacts(
-    config: QuantizeConfig, log: Callable[[str], None] = print
-) -> tuple[Path, list[Artifact]]:
+def build_artifacts(config: QuantizeConfig) -> tuple[Path, list[Artifact]]:
     """Merge if needed, then build every requested profile's artifact; returns (reference dir, artifacts)."""
     out = Path(config.output_dir)
-    reference = prepare_reference(config, log)
+    reference = prepare_reference(config)
     artifacts = []
     f16 = out / get_profile("gguf-f16").artifact
     f16_exported = False  # in this call: an F16 file from an earlier run may be another model's
@@ -65,7 +77,7 @@ def build_artifacts(
                 export_gguf(reference, f16, "F16")
                 f16_exported = True
             llama_quantize(f16, path, profile.gguf_type)
-        log(f"{profile.name} ({profile.device}): {path}")
+        logger.info(f"{profile.name} ({profile.device}): {path}")
         artifacts.append(Artifact(profile.name, path))
     return reference, artifacts
 
@@ -87,7 +99,7 @@ def accuracy_config(config: QuantizeConfig, reference: Path) -> EvaluateConfig:
 
 
 def measure_artifacts(
-    reference: Path, artifacts: list[Artifact], config: QuantizeConfig, log: Callable[[str], None] = print
+    reference: Path, artifacts: list[Artifact], config: QuantizeConfig
 ) -> tuple[list[dict], list]:
     """One row per artifact, the reference first: size, memory, speed and (with a benchmark) accuracy.
 
@@ -107,7 +119,9 @@ def measure_artifacts(
             row["pass@1"] = result.metrics["pass@1"]["value"]
             row["accuracy_kept"] = row["pass@1"] / rows[0]["pass@1"] if rows and rows[0]["pass@1"] else None
         rows.append(row)
-        log(format_table([row], header=len(rows) == 1))
+        label, *cells = table_cells(row)
+        measured = ", ".join(f"{name} {cell}" for name, cell in zip(TABLE_HEADER[1:], cells, strict=True))
+        logger.info(f"measured {label}: {measured}")
     return rows, results
 
 
@@ -115,22 +129,26 @@ def _cell(value: float | str | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def format_table(rows: list[dict], header: bool = True) -> str:
+def table_cells(row: dict) -> list[str]:
+    """One measurement row as the table's cells, in TABLE_HEADER's order."""
+    return [
+        row["artifact"],
+        row["runtime"],
+        f"{row['size_mb']:.2f}",
+        f"{row['size_vs_bf16']:.0%}",
+        f"{row['peak_rss_mb']:.0f}",
+        f"{row['model_rss_mb']:.0f}",
+        f"{row['tokens_per_s']:.0f}",
+        _cell(row.get("pass@1"), ".1%"),
+        _cell(row.get("accuracy_kept"), ".1%"),
+    ]
+
+
+def format_table(rows: list[dict]) -> str:
     """Markdown table of measurement rows."""
-    lines = []
-    if header:
-        lines += [
-            "| artifact | runtime | size MB | % of bf16 | peak RSS MB | model RSS MB | tokens/s | pass@1 "
-            "| accuracy kept |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-    for row in rows:
-        lines.append(
-            f"| {row['artifact']} | {row['runtime']} | {row['size_mb']:.2f} | {row['size_vs_bf16']:.0%} "
-            f"| {row['peak_rss_mb']:.0f} | {row['model_rss_mb']:.0f} | {row['tokens_per_s']:.0f} "
-            f"| {_cell(row.get('pass@1'), '.1%')} | {_cell(row.get('accuracy_kept'), '.1%')} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        TABLE_HEADER, [table_cells(row) for row in rows], numeric=range(2, len(TABLE_HEADER))
+    )
 
 
 def run_quantize(recipe: Path | None, overrides: list[str]) -> int:
@@ -144,10 +162,9 @@ def run_quantize(recipe: Path | None, overrides: list[str]) -> int:
     if not config.measure:
         return 0
     rows, results = measure_artifacts(reference, artifacts, config)
-    (out / "measurements.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     table = format_table(rows)
-    (out / "measurements.md").write_text(table + "\n", encoding="utf-8")
+    write_results(out, "measurements", rows, table)
     if results:
         write_report(results, out / "eval")
-    print(table)
+    logger.info(table)
     return 0

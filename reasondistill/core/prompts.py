@@ -20,6 +20,7 @@ from reasondistill.core.grading import gsm8k_gold
 
 TASK_PREFIX = "task:"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+AnswerFormat = Literal["plain", "gsm8k"]  # gsm8k: the gold answer follows the last "#### " of its column
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def load_prompts(
     answer_field: str = "answer",
     id_field: str | None = None,
     completion_field: str | None = None,
-    answer_format: Literal["plain", "gsm8k"] = "plain",
+    answer_format: AnswerFormat = "plain",
     task_levels: tuple[int, ...] = (1, 2, 3),
     seed: int = 0,
 ) -> list[PromptRecord]:

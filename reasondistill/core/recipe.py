@@ -1,11 +1,17 @@
 """Recipes: one YAML file of settings per run, overridable from the command line.
 
-The YAML file is a flat mapping of field names of the stage's dataclasses (``learning_rate: 1.0e-4``).
-``--key value`` flags override it, parsed by transformers' ``HfArgumentParser`` as in TRL's ``TrlParser``;
-every bool field also gets a ``--no_<key>`` flag. A key shared by two dataclasses sets both.
+The YAML file is a flat mapping of field names of the stage's dataclasses (``learning_rate: 1.0e-4``),
+given as TRL's and open-r1's scripts take it, ``--config RECIPE.yaml``, or as a leading ``RECIPE.yaml``
+for short. Parsing runs on TRL's ``TrlParser``: its ``set_defaults_with_config`` makes the recipe's values
+the parser's defaults (``--help`` shows them), and ``--key value`` flags override them. Every bool field
+also gets a ``--no_<key>`` flag. A key shared by two dataclasses sets both.
 
-YAML is read with two YAML 1.2 rules instead of PyYAML's YAML 1.1 ones: ``1e-4`` is a float (not the
-string "1e-4"), and only true/false are booleans (``yes``/``no``/``on``/``off`` stay strings).
+Three things TrlParser does not do are done here. The YAML is read with two YAML 1.2 rules instead of
+PyYAML's YAML 1.1 ones (TrlParser uses ``yaml.safe_load``): ``1e-4`` is a float (not the string "1e-4"),
+and only true/false are booleans (``yes``/``no``/``on``/``off`` stay strings). Every key and value, from
+the file and from the command line, is checked against the dataclasses' type hints, with a "did you
+mean" for a misspelt key. A relative recipe path that the working directory lacks is looked up in the
+installed package (``recipes/demo/train.yaml``), so the same strings work in a checkout and from a wheel.
 """
 
 import argparse
@@ -21,9 +27,18 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from transformers import HfArgumentParser
+from trl import TrlParser
 
-__all__ = ["RecipeError", "matches_saved_recipe", "parse_recipe", "save_resolved_recipe"]
+__all__ = [
+    "RecipeError",
+    "locate_recipe",
+    "matches_saved_recipe",
+    "parse_recipe",
+    "save_resolved_recipe",
+    "split_recipe_argument",
+]
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed reasondistill/, home of recipes/demo/
 
 
 class RecipeError(ValueError):
@@ -126,11 +141,30 @@ def _checked(where: str, key: str, value: Any, hint: Any, source: str) -> Any:
         ) from None
 
 
+def locate_recipe(path: str | os.PathLike) -> Path:
+    """The recipe file that `path` names: as given (a relative path from the working directory), else the
+    same relative path inside the installed package (`recipes/demo/train.yaml` ->
+    <package>/recipes/demo/train.yaml), so the demo's recipe strings work from any directory.
+
+    Raises:
+        RecipeError: no such file; the message names every place looked.
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    if given.is_absolute():
+        raise RecipeError(f"{path}: recipe file not found; check the path")
+    packaged = PACKAGE_DIR / given
+    if packaged.is_file():
+        return packaged
+    raise RecipeError(
+        f"{path}: recipe file not found in the working directory ({Path.cwd() / given}) nor in the "
+        f"installed package ({packaged}); check the path"
+    )
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found; check the path (cwd is {Path.cwd()})") from None
+    text = path.read_text(encoding="utf-8")
     try:
         data = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -150,21 +184,59 @@ def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _take_config_flag(
+    recipe: str | os.PathLike | None, args: Sequence[str]
+) -> tuple[str | os.PathLike | None, list[str]]:
+    """`recipe`, or else the path of TrlParser's `--config RECIPE.yaml` taken out of `args`; and the
+    rest of `args`."""
+    args = list(args)
+    while "--config" in args:
+        index = args.index("--config")
+        if index + 1 == len(args):
+            raise RecipeError("--config needs the recipe's path: --config RECIPE.yaml")
+        if recipe is not None:
+            raise RecipeError(f"two recipes given, {recipe} and --config {args[index + 1]}; give one")
+        recipe = args[index + 1]
+        del args[index : index + 2]
+    return recipe, args
+
+
+def split_recipe_argument(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """A stage's recipe path (None if it has none) and its `--key value` overrides, from its arguments:
+    `--config RECIPE.yaml` anywhere, as TrlParser takes it, or a first argument that is not a flag
+    (the shorthand `reasondistill train RECIPE.yaml --key value`).
+
+    Raises:
+        RecipeError: a recipe given both ways, or `--config` without a path.
+    """
+    if args and not args[0].startswith("-"):
+        return _take_config_flag(args[0], args[1:])
+    return _take_config_flag(None, args)
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
 def parse_recipe(
     recipe_path: str | os.PathLike | None, dataclass_types: Sequence[type], cli_args: Sequence[str] = ()
 ) -> tuple:
     """Return one instance per dataclass type, filled from the YAML file then the CLI overrides.
 
     Args:
-        recipe_path: YAML recipe (a flat mapping of field names); None means command line only.
+        recipe_path: YAML recipe (a flat mapping of field names), found by `locate_recipe`; None means
+            `--config RECIPE.yaml` among `cli_args` (as `TrlParser.parse_args_and_config` takes it) or none.
         dataclass_types: the stage's settings dataclasses, e.g. ``(ModelArgs, DistillConfig)``.
         cli_args: ``--key value`` overrides, e.g. ``sys.argv[3:]``; ``--help`` prints them all and exits.
 
     Raises:
-        RecipeError: unreadable YAML, unknown key or flag, wrong type, missing required field, or a
-            ValueError from a dataclass's ``__post_init__``; the message names the file and the key.
+        RecipeError: recipe file not found or given twice, unreadable YAML, unknown key or flag, wrong type,
+            missing required field, or a ValueError from a dataclass's ``__post_init__``; the message names
+            the file and the key.
     """
-    where = str(recipe_path) if recipe_path is not None else "command line (no recipe file)"
+    recipe_path, cli_args = _take_config_flag(recipe_path, cli_args)
+    path = None if recipe_path is None else locate_recipe(recipe_path)
+    where = str(path) if path is not None else "command line (no recipe file)"
     hints = {}  # field name -> type hint; a key shared by two dataclasses keeps the first hint
     for dtype in dataclass_types:
         type_hints = get_type_hints(dtype)  # field.type may be a string, or rewritten by HfArgumentParser
@@ -173,8 +245,7 @@ def parse_recipe(
                 hints.setdefault(f.name, type_hints[f.name])
 
     values = {}
-    recipe = _read_yaml(Path(recipe_path)) if recipe_path is not None else {}
-    for key, value in recipe.items():
+    for key, value in (_read_yaml(path) if path is not None else {}).items():
         if key not in hints:
             raise RecipeError(
                 f"{where}: unknown key '{key}'{_did_you_mean(str(key), hints)}; "
@@ -184,18 +255,20 @@ def parse_recipe(
 
     # HfArgumentParser cannot register one flag twice ("resolve" keeps the last); abbreviations would let
     # a typo such as --learning set --learning_rate.
-    parser = HfArgumentParser(
-        dataclass_types, conflict_handler="resolve", allow_abbrev=False, exit_on_error=False
-    )
+    parser = TrlParser(dataclass_types, conflict_handler="resolve", allow_abbrev=False, exit_on_error=False)
+    # TrlParser's mechanism: the recipe's values become the flags' defaults (what --help shows) and stop
+    # being required. Required keys the recipe lacks are lifted too, so that a missing one is reported
+    # below with the recipe's name and the fix, not as argparse's usage error.
+    required = [f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if _is_required(f)]
+    parser.set_defaults_with_config(**{**dict.fromkeys(required, None), **values})
     for action in parser._actions:
-        action.required = False  # as TrlParser does for YAML-given keys; missing ones are reported below
         if isinstance(action.help, str):  # argparse %-formats help: a plain "95%" would break --help
             action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
-        if action.dest in values:
-            action.default = values[action.dest]  # so --help shows the recipe's value
-    for name, hint in hints.items():
+    for name, hint in hints.items():  # HfArgumentParser adds --no_<key> only to bools that default to True
         if (hint is bool or hint == bool | None) and f"--no_{name}" not in parser._option_string_actions:
             parser.add_argument(f"--no_{name}", action="store_false", dest=name, help=argparse.SUPPRESS)
+    # Parsed over placeholders, so that only what the command line set comes back: checked, then applied
+    # over the recipe's values. A shared key that neither sets keeps each dataclass's own default.
     try:
         namespace, unknown = parser.parse_known_args(
             list(cli_args), argparse.Namespace(**dict.fromkeys(hints, _UNSET))
@@ -216,8 +289,8 @@ def parse_recipe(
         for f in dataclasses.fields(dtype):
             if f.init and f.name in values:
                 kwargs[f.name] = values[f.name]
-            elif f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise RecipeError(  # argparse was told not to require it, so this message names the recipe
+            elif _is_required(f):
+                raise RecipeError(
                     f"{where}: required key '{f.name}' of {dtype.__name__} is missing; "
                     f"add `{f.name}: ...` to the recipe or pass --{f.name}"
                 )

@@ -11,6 +11,9 @@ error bound are specified in docs/trace_schema.md (schema version SCHEMA_VERSION
 atomically (temp file, fsync, hard link that refuses to overwrite), so a killed writer leaves at most an
 ignored temp file, and a resumed run regenerates only the missing shards. No vLLM here; `datasets` is
 imported only by `load_traces`.
+
+One module of ~600 lines on purpose: writer, reader, card and footer checks are the contract, and a
+change to one must be read beside the others (docs/trace_schema.md describes the same file).
 """
 
 from __future__ import annotations

@@ -17,13 +17,15 @@ to the stage's command) and reads the previous stage's artifact from disk:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from reasondistill.chains.pdq import PDQConfig, format_chain, run_chain
+from reasondistill.chains.pdq import format_chain, run_chain
+from reasondistill.chains.pdq_config import PDQConfig
 from reasondistill.compress.quantize import (
     REFERENCE,
     accuracy_config,
@@ -34,15 +36,20 @@ from reasondistill.compress.quantize import (
 from reasondistill.compress.quantize_config import QuantizeConfig
 from reasondistill.core.arithmetic_task import generate_problems
 from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.results_writer import write_results
 from reasondistill.core.traces import trace_totals
 from reasondistill.demo.scoring import task_scores
-from reasondistill.demo.students import StudentsConfig, summary_table, train_students
-from reasondistill.demo.teacher import BUILD_INFO_FILE, TeacherConfig, load_teacher, train_teacher
+from reasondistill.demo.students import summary_table, train_students
+from reasondistill.demo.students_config import StudentsConfig
+from reasondistill.demo.teacher import BUILD_INFO_FILE, load_teacher, train_teacher
+from reasondistill.demo.teacher_config import TeacherConfig
 from reasondistill.evaluate.evaluate import evaluate_models
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec
 from reasondistill.generate.generate import generate
 from reasondistill.generate.generate_config import GenerateConfig
+
+logger = logging.getLogger(__name__)
 
 
 def run_demo(recipe_path: Path, overrides: list[str]) -> int:
@@ -56,10 +63,10 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     (students_config,) = parse_recipe(recipe_path.parent / "students.yaml", (StudentsConfig,))
     torch.set_num_threads(os.cpu_count() or 1)
 
-    print(f"[1/6] demo teacher ({recipe_path})")
+    logger.info(f"[1/6] demo teacher ({recipe_path})")
     teacher_dir = train_teacher(teacher_config)
     info = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())
-    print(
+    logger.info(
         f"teacher: {teacher_dir}\n"
         f"  parameters: {info['parameters'] / 1e6:.2f}M\n"
         f"  held-out accuracy (greedy, {info['heldout_problems']} test problems, levels "
@@ -67,13 +74,13 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"  built in {info['build_seconds']} s"
     )
 
-    print(f"[2/6] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
+    logger.info(f"[2/6] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
     # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
     generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
     traces_dir = generate(generate_config)
     totals = trace_totals(traces_dir)
     generated = totals.get("stats.generated", 0)
-    print(
+    logger.info(
         f"traces: {traces_dir}\n"
         f"  {totals['records']} verified traces kept of {generated} sampled "
         f"({totals.get('stats.graded_correct', 0) / max(generated, 1):.1%} correct at temperature "
@@ -82,7 +89,9 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"{totals['bytes_per_completion_token']} bytes/token"
     )
 
-    print(f"[3/6] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)")
+    logger.info(
+        f"[3/6] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)"
+    )
     # Held-out traces: the teacher on test-split prompts, for the students' held-out CE and KD.
     (heldout_config,) = parse_recipe(
         recipe_path.parent / "generate.yaml",
@@ -99,20 +108,18 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     problems = generate_problems("test", students_config.test_problems, students_config.test_levels, seed=1)
     teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
     table = summary_table(results, teacher_accuracy, teacher_steps)
-    summary = Path(students_config.output_dir) / teacher_dir.name / "summary.json"
-    summary.write_text(
-        json.dumps(
-            {"teacher": [teacher_accuracy, teacher_steps], "students": [asdict(r) for r in results]}, indent=2
-        )
-    )
-    print(
+    students_dir = Path(students_config.output_dir) / teacher_dir.name
+    summary = {"teacher": [teacher_accuracy, teacher_steps], "students": [asdict(r) for r in results]}
+    write_results(students_dir, "summary", summary, table)
+    logger.info(
         f"students on {len(problems)} held-out problems (greedy) and {heldout_dir} "
-        f"(mean ± sd over seeds {students_config.seeds}):\n{table}\n  details: {summary}"
+        f"(mean ± sd over seeds {students_config.seeds}):\n{table}\n"
+        f"  details: {students_dir / 'summary.json'}"
     )
 
     first = students_config.seeds[0]
     student = {r.method: Path(r.directory) for r in results if r.seed == first}
-    print(f"[4/6] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
+    logger.info(f"[4/6] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
     (quantize_config,) = parse_recipe(
         recipe_path.parent / "quantize.yaml",
         (QuantizeConfig,),
@@ -122,7 +129,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     reference, artifacts = build_artifacts(quantize_config)
     rows, compressed = measure_artifacts(reference, artifacts, quantize_config)
 
-    print(f"[5/6] prune -> distil -> quantize the teacher ({recipe_path.parent}/pdq.yaml)")
+    logger.info(f"[5/6] prune -> distil -> quantize the teacher ({recipe_path.parent}/pdq.yaml)")
     siblings = [
         f"--{step}_recipe={recipe_path.parent / f'{step}.yaml'}" for step in ("prune", "train", "quantize")
     ]
@@ -133,9 +140,9 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     )
     pdq_config.output_dir = str(Path(pdq_config.output_dir) / teacher_dir.name)
     chain, chain_results = run_chain(pdq_config)
-    print(format_chain(chain))
+    logger.info(format_chain(chain))
 
-    print(f"[6/6] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
+    logger.info(f"[6/6] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
     # the teacher was scored in stage 5 with the same settings; only the SFT student is new here
     (sft,) = evaluate_models(
         [ModelSpec(str(student["sft"]), "student-sft")],
@@ -148,5 +155,5 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         [*chain_results[:1], sft, *compressed, *chain_results[1:]],
         Path(quantize_config.output_dir) / "report",
     )
-    print(f"{format_table(rows)}\n{format_chain(chain)}\nreport: {report}")
+    logger.info(f"{format_table(rows)}\n{format_chain(chain)}\nreport: {report}")
     return 0

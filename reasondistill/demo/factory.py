@@ -3,15 +3,27 @@
 Saved with `save_pretrained`, they load in transformers, vLLM and PEFT exactly like a hub
 checkpoint. Every linear layer's output size is a multiple of 32, which bitsandbytes' 4-bit CPU
 kernels require.
+
+`python -m reasondistill.demo.factory SIZE TOKENIZER_DIR OUTPUT_DIR [--seed N]` saves a fresh model of
+a demo size with another model's tokenizer: a starting model for `reasondistill train` or
+`reasondistill progressive` (recipes/demo/progressive.yaml).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from reasondistill.core.logs import setup_logging
+
+logger = logging.getLogger("reasondistill.demo.factory")  # not __name__: it also runs as __main__
 
 
 @dataclass(frozen=True)
@@ -25,8 +37,10 @@ class ModelSize:
     num_key_value_heads: int
 
 
+ModelSizeName = Literal["teacher", "assistant", "student"]
+
 # teacher > teaching assistant > student, as in progressive distillation.
-MODEL_SIZES: dict[str, ModelSize] = {
+MODEL_SIZES: dict[ModelSizeName, ModelSize] = {
     "teacher": ModelSize(
         hidden_size=256,
         intermediate_size=768,
@@ -52,7 +66,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
 
 
 def build_model(
-    size: str | ModelSize,
+    size: ModelSizeName | ModelSize,
     tokenizer: PreTrainedTokenizerBase,
     max_position_embeddings: int = 2048,
     seed: int = 0,
@@ -96,16 +110,41 @@ def build_model(
     return model
 
 
-def save_initial_model(size: str, tokenizer: PreTrainedTokenizerBase, directory: Path, seed: int) -> bool:
-    """A random `size` model (with `tokenizer`) saved in `directory` unless one is there; True if built."""
+def save_initial_model(
+    size: ModelSizeName, tokenizer: PreTrainedTokenizerBase, directory: Path, seed: int
+) -> None:
+    """A random `size` model (with `tokenizer`) saved in `directory`, unless a model is there already."""
     if (directory / "config.json").exists():
-        return False
+        logger.info("reusing %s", directory)
+        return
     model = build_model(size, tokenizer, seed=seed)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return True
+    logger.info("fresh %s model, %.2fM parameters: %s", size, count_parameters(model) / 1e6, directory)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reasondistill.demo.factory",
+        description="Save a freshly initialised demo-size Qwen2 with another model's tokenizer.",
+    )
+    parser.add_argument("size", choices=list(MODEL_SIZES), help="the model's shape")
+    parser.add_argument(
+        "tokenizer_dir", type=Path, help="a model directory whose tokenizer it uses (the teacher)"
+    )
+    parser.add_argument("output_dir", type=Path, help="where it is saved (kept if a model is there already)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the initialisation")
+    args = parser.parse_args(argv)
+    setup_logging()
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+    save_initial_model(args.size, tokenizer, args.output_dir, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from reasondistill.core.arithmetic_task import Problem
 from reasondistill.train.distill_data import TopKCollator, gen_temperature, load_trace_dataset
-from reasondistill.train.losses import distillation_loss_from_logits
+from reasondistill.train.losses import LossSettings, distillation_loss_from_logits
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 EQUATION = re.compile(r"(\d+)([-+*])(\d+)=(\d+)")
@@ -108,10 +108,12 @@ def heldout_loss(
             batch["labels"][:, 1:],
             batch["topk_ids"][:, 1:],
             batch["topk_logprobs"][:, 1:],
-            divergence_kind=divergence_kind,
-            gen_temperature=gen_temperature(info),
-            ce_weight=1.0,
-            kd_weight=1.0,
+            settings=LossSettings(
+                divergence_kind=divergence_kind,
+                gen_temperature=gen_temperature(info),
+                ce_weight=1.0,
+                kd_weight=1.0,
+            ),
         )
         count = int((batch["labels"][:, 1:] != -100).sum())  # every completion token has targets
         ce_sum, kd_sum = ce_sum + loss.ce.item() * count, kd_sum + loss.kd.item() * count

@@ -8,12 +8,12 @@ the later stages use as the teacher, exactly as they would use a hub checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import jinja2
@@ -21,50 +21,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.core.arithmetic_task import Problem, generate_problems
-from reasondistill.demo.factory import MODEL_SIZES, build_model, count_parameters
+from reasondistill.demo.factory import build_model, count_parameters
 from reasondistill.demo.scoring import task_scores
+from reasondistill.demo.teacher_config import TeacherConfig
 from reasondistill.demo.tokenizer import CHAT_TEMPLATE, train_tokenizer
+
+logger = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_RENDERER = jinja2.Template(CHAT_TEMPLATE)
 BUILD_INFO_FILE = "demo_build.json"  # written last: its presence marks a finished, reusable teacher
-
-
-@dataclass
-class TeacherConfig:
-    """How the demo teacher is built. Changing any field builds a new teacher in a new directory."""
-
-    cache_dir: str = field(
-        default=".cache/reasondistill", metadata={"help": "Where built demo models are kept."}
-    )
-    size: str = field(default="teacher", metadata={"help": f"Model shape, one of {sorted(MODEL_SIZES)}."})
-    levels: list[int] = field(
-        default_factory=lambda: [1, 2, 3],
-        metadata={"help": "Task difficulty levels to train and evaluate on."},
-    )
-    vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
-    train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
-    steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
-    batch_tokens: int = field(default=4096, metadata={"help": "Tokens per batch, padding included."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
-    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up, then cosine decay to 10%."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    eval_problems: int = field(
-        default=300, metadata={"help": "Held-out test problems for the accuracy check."}
-    )
-    eval_every: int = field(default=250, metadata={"help": "Steps between learning-curve evaluations."})
-    seed: int = field(default=0, metadata={"help": "Seeds data, initialisation and batching."})
-
-    def __post_init__(self) -> None:
-        if self.size not in MODEL_SIZES:
-            raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
-        if self.steps < 1 or self.batch_tokens < 64 or self.train_problems < 1:
-            raise ValueError("steps, batch_tokens and train_problems must be positive (batch_tokens >= 64)")
-
-    def directory(self) -> Path:
-        """Cache directory keyed by every field that changes the result."""
-        key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-        return Path(self.cache_dir) / f"demo-{self.size}-{digest}"
 
 
 def chat_messages(problem: Problem) -> tuple[list[dict], dict]:
@@ -124,11 +89,11 @@ def token_budget_batches(
             yield ids, labels
 
 
-def train_teacher(config: TeacherConfig, log=print) -> Path:
+def train_teacher(config: TeacherConfig) -> Path:
     """Build (or reuse) the demo teacher and return its model directory."""
     out_dir = config.directory()
     if (out_dir / BUILD_INFO_FILE).exists():
-        log(f"reusing demo teacher at {out_dir}")
+        logger.info("reusing demo teacher at %s", out_dir)
         return out_dir
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -139,9 +104,11 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
     tokenizer = train_tokenizer((render_conversation(p) for p in train[:5000]), config.vocab_size)
     examples = [tokenize_example(tokenizer, p) for p in train]
     model = build_model(config.size, tokenizer, seed=config.seed)
-    log(
-        f"teacher: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} training problems, "
-        f"{sum(len(t) for t, _ in examples) / len(examples):.0f} tokens each on average"
+    logger.info(
+        "teacher: %.2fM parameters, %d training problems, %.0f tokens each on average",
+        count_parameters(model) / 1e6,
+        len(examples),
+        sum(len(t) for t, _ in examples) / len(examples),
     )
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -185,7 +152,7 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
                 "elapsed_s": round(time.time() - started),
             }
             curve.append(point)
-            log(json.dumps(point))
+            logger.info("%s", json.dumps(point))
             loss_sum, answer_tokens, train_seconds = torch.zeros(()), 0, 0.0
 
     accuracy = task_scores(model, tokenizer, test)[0]
@@ -201,9 +168,11 @@ def train_teacher(config: TeacherConfig, log=print) -> Path:
         "build_seconds": round(time.time() - started),
     }
     (out_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2))
-    log(
-        f"teacher held-out accuracy {accuracy:.1%} on {len(test)} problems, "
-        f"built in {info['build_seconds']} s"
+    logger.info(
+        "teacher held-out accuracy %.1f%% on %d problems, built in %d s",
+        100 * accuracy,
+        len(test),
+        info["build_seconds"],
     )
     return out_dir
 

@@ -1,10 +1,12 @@
-"""Benchmark definitions: one YAML file in `eval/` per benchmark, read into a `BenchmarkSpec`.
+"""Benchmark definitions: one YAML file per benchmark, read into a `BenchmarkSpec`.
 
 A benchmark is data, not code: a YAML file names the problems (a JSONL/Parquet file beside it, a dataset
 directory, or the bundled `task:arithmetic`), the fields holding question, gold answer and id, the prompt
 template, how answers are compared (`reasondistill/core/grading.py`) and the default sampling. The YAML
 is read with the recipe parser, so an unknown key, a wrong type or a missing field is refused with the
-file and the key named. `eval/NAME.yaml` is the benchmark NAME; see docs/evaluate.md to add one.
+file and the key named. The benchmark NAME is `eval/NAME.yaml` in the working directory (benchmarks a
+user adds, or a shipped one redefined) else `NAME.yaml` in the package's `benchmarks/` folder (shipped
+with the problems and their license notes in `benchmarks/data/`); see docs/evaluate.md to add one.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Literal
 from reasondistill.core.prompts import TASK_PREFIX, PromptRecord, load_prompts
 from reasondistill.core.recipe import parse_recipe
 
-EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
-"""The shipped benchmark definitions; `eval/` in the working directory is searched first."""
+SHIPPED_BENCHMARKS_DIR = Path(__file__).resolve().parent / "benchmarks"
+"""The benchmark definitions shipped in the package (package data)."""
+USER_BENCHMARKS_DIR = Path("eval")
+"""The working directory's benchmark definitions: searched first, so a name there wins."""
 
 QUESTION = "{question}"
 
@@ -78,15 +82,15 @@ class BenchmarkSpec:
 
 
 def available_benchmarks() -> dict[str, Path]:
-    """Benchmark name -> YAML file, from the checkout's eval/ overlaid with the working directory's."""
+    """Benchmark name -> YAML file: the shipped definitions overlaid with the working directory's eval/."""
     found = {}
-    for directory in (EVAL_DIR, Path("eval")):
+    for directory in (SHIPPED_BENCHMARKS_DIR, USER_BENCHMARKS_DIR):
         found.update({path.stem: path for path in sorted(directory.glob("*.yaml"))})
     return found
 
 
 def load_benchmark(name_or_path: str) -> BenchmarkSpec:
-    """Read a benchmark by name (eval/NAME.yaml) or by the path of its YAML file."""
+    """Read a benchmark by name (./eval/NAME.yaml, else the shipped NAME.yaml) or by its YAML file's path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         known = available_benchmarks()
@@ -95,7 +99,8 @@ def load_benchmark(name_or_path: str) -> BenchmarkSpec:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ValueError(
                 f"unknown benchmark '{name_or_path}'{hint}; the benchmarks are {', '.join(sorted(known))} "
-                f"(files in {EVAL_DIR}), or give the path of a benchmark YAML (docs/evaluate.md)"
+                f"(files in ./{USER_BENCHMARKS_DIR} and {SHIPPED_BENCHMARKS_DIR}), or give the path of a "
+                "benchmark YAML (docs/evaluate.md)"
             )
         path = known[name_or_path]
     elif not path.is_file():
@@ -111,6 +116,14 @@ def load_problems(spec: BenchmarkSpec, limit: int | None = None) -> list[PromptR
     """The benchmark's problems (the first `limit` of them, if given)."""
     if limit is not None and spec.num_problems is not None:
         limit = min(limit, spec.num_problems)
+    data = Path(spec.data)
+    if not spec.data.startswith(TASK_PREFIX) and data.parent.is_dir() and not data.exists():
+        # the wheel leaves out problems whose license forbids redistribution (AIME: pyproject.toml)
+        raise ValueError(
+            f"benchmark {spec.path}: its problems {data} are not installed ({data.parent / 'README.md'} "
+            f"says where they come from); put the file there, or copy {spec.path} to ./eval/ with `data:` "
+            "pointing at your copy"
+        )
     try:
         return load_prompts(
             spec.data,

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reasondistill.core.benchmark_specs import BenchmarkSpec, load_benchmark, load_problems
+from reasondistill.evaluate.benchmark_specs import BenchmarkSpec, load_benchmark, load_problems
 
 _WORD = re.compile(r"[^\W_]+")
 MAX_LISTED = 20  # overlapping prompts listed in a report; the count covers them all

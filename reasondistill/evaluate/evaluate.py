@@ -13,27 +13,28 @@ them down.
 
 from __future__ import annotations
 
+import logging
 import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
-from reasondistill.core.benchmark_specs import BenchmarkSpec, load_benchmark, load_problems
-from reasondistill.core.engines import SamplingConfig, TransformersEngine, VllmEngine, load_engine
+from reasondistill.core.engines import SamplingConfig, SamplingEngine, load_engine, prompt_seed
 from reasondistill.core.grading import AnswerType, answers_match, grade
+from reasondistill.core.logs import progress_bar
 from reasondistill.core.prompts import HUB_ID, PromptRecord, render_prompt
 from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.evaluate.benchmark_specs import BenchmarkSpec, load_benchmark, load_problems
 from reasondistill.evaluate.decontaminate import check_contamination, trace_questions
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.metrics import bootstrap_ci, k_values, majority_at_k, pass_at_k
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec, RunResult
-from reasondistill.generate.generate import prompt_seed
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
@@ -137,8 +138,7 @@ def evaluate_benchmark(
     model: ModelSpec,
     spec: BenchmarkSpec,
     problems: list[PromptRecord],
-    engine: VllmEngine | TransformersEngine,
-    log: Callable[[str], None] = print,
+    engine: SamplingEngine,
 ) -> RunResult:
     """Sample, grade and score one loaded model on one benchmark's problems."""
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or model.path)
@@ -152,8 +152,8 @@ def evaluate_benchmark(
     seeds = [prompt_seed(config.seed, p.prompt_id) for p in problems]
 
     started, per_problem = time.time(), []
-    with tqdm(
-        total=len(problems), desc=f"{model.label} / {spec.name}", unit="problem", file=sys.stderr
+    with progress_bar(
+        logger, total=len(problems), desc=f"{model.label} / {spec.name}", unit="problem"
     ) as bar:
         for start in range(0, len(problems), config.batch_prompts):
             batch = slice(start, start + config.batch_prompts)
@@ -213,7 +213,7 @@ def evaluate_benchmark(
         samples=samples,
     )
     pass1 = result.metrics["pass@1"]
-    log(
+    logger.info(
         f"{model.label} on {spec.name}: pass@1 {pass1['value']:.1%} "
         f"[{pass1['ci_low']:.1%}, {pass1['ci_high']:.1%}] over {len(problems)} problems x {sampling.n} "
         f"samples in {elapsed:.0f} s"
@@ -225,8 +225,7 @@ def evaluate_models(
     models: Sequence[ModelSpec | str],
     benchmarks: Sequence[str | BenchmarkSpec],
     config: EvaluateConfig | None = None,
-    engine: VllmEngine | TransformersEngine | None = None,
-    log: Callable[[str], None] = print,
+    engine: SamplingEngine | None = None,
 ) -> list[RunResult]:
     """Every model on every benchmark, one engine load per model; results in model-major order.
 
@@ -246,7 +245,7 @@ def evaluate_models(
         model_engine = engine or load_engine(config.engine_config(model.path))
         try:
             for spec, spec_problems in zip(specs, problems, strict=True):
-                results.append(evaluate_benchmark(config, model, spec, spec_problems, model_engine, log))
+                results.append(evaluate_benchmark(config, model, spec, spec_problems, model_engine))
         finally:
             if engine is None:
                 model_engine.close()
@@ -268,5 +267,5 @@ def run_evaluate(recipe: Path | None, overrides: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_recipe([config], out / "evaluate_recipe.yaml")
     report = write_report(results, out, contamination)
-    print(f"report: {report}")
+    logger.info(f"report: {report}")
     return 0

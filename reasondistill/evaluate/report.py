@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
+from reasondistill.core.markdown_table import markdown_table  # noqa: E402
 from reasondistill.evaluate.decontaminate import Contamination  # noqa: E402
 from reasondistill.evaluate.results import RunResult  # noqa: E402
 
@@ -172,25 +173,26 @@ def plot_lengths(results: Sequence[RunResult], path: Path) -> None:
     plt.close(fig)
 
 
-def _table(runs: list[RunResult]) -> list[str]:
+def _table(runs: list[RunResult]) -> str:
     n = runs[0].sampling["n"]
     extra = [f"pass@{n}", f"maj@{n}"] if n > 1 else []
     header = ["model", "size", "pass@1 % [95% CI]", *(f"{name} %" for name in extra)]
     header += ["tokens mean / median", "truncated %", "no answer", "wrong", "truncated"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for run in runs:
         pass1 = run.metrics["pass@1"]
-        cells = [
-            run.model,
-            _size(run.size_bytes),
-            f"**{_percent(pass1['value'])}** [{_percent(pass1['ci_low'])}, {_percent(pass1['ci_high'])}]",
-            *(_percent(run.metrics[name]["value"]) for name in extra),
-            f"{run.response_tokens['mean']:.0f} / {run.response_tokens['median']:.0f}",
-            _percent(run.truncation_rate),
-            *(str(run.failures[reason]) for reason in ("no_answer", "wrong", "truncated")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(
+            [
+                run.model,
+                _size(run.size_bytes),
+                f"**{_percent(pass1['value'])}** [{_percent(pass1['ci_low'])}, {_percent(pass1['ci_high'])}]",
+                *(_percent(run.metrics[name]["value"]) for name in extra),
+                f"{run.response_tokens['mean']:.0f} / {run.response_tokens['median']:.0f}",
+                _percent(run.truncation_rate),
+                *(run.failures[reason] for reason in ("no_answer", "wrong", "truncated")),
+            ]
+        )
+    return markdown_table(header, rows)
 
 
 def render_markdown(
@@ -215,23 +217,19 @@ def render_markdown(
             f"{s['temperature']}, top_p {s['top_p']}, max_tokens {s['max_tokens']}, seed {s['seed']} "
             f"({runs[0].bootstrap_samples} bootstrap resamples); backend {runs[0].backend}.",
             "",
-            *_table(runs),
+            _table(runs),
             "",
             "Per-sample records: " + ", ".join(f"[{r.model}]({samples_file(r)})" for r in runs) + ".",
             "",
         ]
     lines += [f"![{PLOTS[name]}]({name})\n" for name in plots]
     if contamination:
-        lines += [
-            "## Decontamination check",
-            "",
-            "| benchmark | n-gram | training prompts | overlapping | share |",
+        header = ["benchmark", "n-gram", "training prompts", "overlapping", "share"]
+        rows = [
+            [c.benchmark, c.ngram_size, c.num_prompts, c.num_contaminated, f"{_percent(c.rate)} %"]
+            for c in contamination
         ]
-        lines += ["|---|---|---|---|---|"]
-        for c in contamination:
-            cells = [c.benchmark, c.ngram_size, c.num_prompts, c.num_contaminated, f"{_percent(c.rate)} %"]
-            lines.append("| " + " | ".join(map(str, cells)) + " |")
-        lines.append("")
+        lines += ["## Decontamination check", "", markdown_table(header, rows), ""]
     return "\n".join(lines)
 
 

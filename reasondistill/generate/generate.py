@@ -12,10 +12,9 @@ resumed vLLM run draws what the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import math
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,19 +22,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.core.engines import (
     LOGPROBS_MODE,
     Completion,
     SamplingConfig,
+    TeacherEngine,
     TokenLogprobs,
-    TransformersEngine,
-    VllmEngine,
     load_engine,
+    prompt_seed,
 )
 from reasondistill.core.grading import grade
+from reasondistill.core.logs import progress_bar
 from reasondistill.core.prompts import PromptRecord, load_prompts, render_prompt
 from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
 from reasondistill.core.traces import (
@@ -49,12 +48,9 @@ from reasondistill.core.traces import (
 )
 from reasondistill.generate.generate_config import GenerateConfig
 
+logger = logging.getLogger(__name__)
+
 RECIPE_FILE = "generate_recipe.yaml"
-
-
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    """Per-prompt sampling seed: independent of batching, sharding and resumption."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def engine_version(backend: str) -> str:
@@ -122,7 +118,7 @@ def filter_completions(
 
 def run_shard(
     config: GenerateConfig,
-    engine,
+    engine: TeacherEngine,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[PromptRecord],
     on_batch: Callable[[int, int], None] = lambda prompts, tokens: None,
@@ -213,9 +209,7 @@ def teacher_vocab_size(config: GenerateConfig, tokenizer: PreTrainedTokenizerBas
     return vocab_size
 
 
-def generate(
-    config: GenerateConfig, engine: VllmEngine | TransformersEngine | None = None, log=print
-) -> Path:
+def generate(config: GenerateConfig, engine: TeacherEngine | None = None) -> Path:
     """Fill this worker's missing shards of `config.output_dir`; write the card once all exist.
 
     `engine` reuses an already loaded teacher (it must match the config); by default one is loaded.
@@ -260,7 +254,7 @@ def generate(
     num_shards = math.ceil(len(prompts) / config.shard_size)
     done = completed_shards(out, num_shards, info)
     mine = [i for i in range(num_shards) if i % config.num_workers == config.worker_index and i not in done]
-    log(
+    logger.info(
         f"{len(prompts)} prompts in {num_shards} shards: {len(done)} done, {len(mine)} for this worker "
         f"({config.worker_index + 1}/{config.num_workers})"
     )
@@ -272,7 +266,7 @@ def generate(
         started = time.time()
         total = sum(len(prompts[i * config.shard_size : (i + 1) * config.shard_size]) for i in mine)
         try:
-            with tqdm(total=total, desc="prompts", unit="prompt", file=sys.stderr) as progress:
+            with progress_bar(logger, total=total, desc="prompts", unit="prompt") as progress:
                 tokens = 0
 
                 def show(prompts_done: int, new_tokens: int) -> None:
@@ -290,14 +284,14 @@ def generate(
         finally:
             if own_engine:
                 engine.close()
-        log(f"generated {len(mine)} shard(s) in {time.time() - started:.0f} s")
+        logger.info(f"generated {len(mine)} shard(s) in {time.time() - started:.0f} s")
 
     # 4. the card, once every worker's shards are in
     if len(completed_shards(out, num_shards, info)) == num_shards:
         write_card(out, info)
-        log(f"trace dataset complete: {out} (card: {out / 'README.md'})")
+        logger.info(f"trace dataset complete: {out} (card: {out / 'README.md'})")
     else:
-        log(f"{out}: waiting for other workers' shards; re-run any worker to finish the card")
+        logger.info(f"{out}: waiting for other workers' shards; re-run any worker to finish the card")
     return out
 
 

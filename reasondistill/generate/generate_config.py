@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from reasondistill.core.engines import EngineConfig
+from reasondistill.core.grading import AnswerType
+from reasondistill.core.prompts import AnswerFormat
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -46,7 +48,7 @@ class GenerateConfig(EngineConfig):
     )
     question_field: str = field(default="question", metadata={"help": "Column holding the question."})
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
-    answer_format: Literal["plain", "gsm8k"] = field(
+    answer_format: AnswerFormat = field(
         default="plain", metadata={"help": "gsm8k: the gold answer follows the last '#### ' of the column."}
     )
     id_field: str | None = field(
@@ -86,7 +88,7 @@ class GenerateConfig(EngineConfig):
         default=4096, metadata={"help": "Longest completion; longer ones end as 'length'."}
     )
     # verification and filtering
-    answer_type: Literal["number", "integer", "latex"] = field(
+    answer_type: AnswerType = field(
         default="latex", metadata={"help": "How answers are compared (reasondistill/core/grading.py)."}
     )
     keep: Literal["correct", "all"] = field(

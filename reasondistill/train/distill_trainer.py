@@ -6,9 +6,10 @@ What differs from `SFTTrainer`, and nothing else:
   it runs the backbone and returns `reasondistill.train.losses.distillation_loss` on the final hidden states,
   chunked so [tokens, vocab] logits never exist at once. The loss lives inside `forward` so DDP, FSDP
   and DeepSpeed see an ordinary forward pass;
-- `compute_loss` passes the accumulated batch's token counts (CE: label tokens, as transformers counts;
-  KD: label tokens that have teacher targets, counted here) so gradient accumulation and multi-process
-  runs give the loss of the whole batch, and logs the two terms (`ce`, `kd`) separately;
+- `compute_loss` passes the loss settings and the accumulated batch's token counts (CE: label tokens, as
+  transformers counts; KD: label tokens that have teacher targets, counted here) so gradient
+  accumulation and multi-process runs give the loss of the whole batch, and logs the two terms (`ce`,
+  `kd`) of that whole batch, so that the logged loss = ce_weight * ce + kd_weight * kd;
 - on-policy steps (GKD's lmbda): for that share of optimizer steps, every micro-batch's completions are
   replaced by ones the student samples, scored by the live teacher (`reasondistill.train.on_policy`:
   transformers or vLLM on either side; one sampling call per optimizer step); only the divergence trains
@@ -20,18 +21,19 @@ from __future__ import annotations
 import functools
 import itertools
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 from trl import SFTTrainer
 
+from reasondistill.core.engines import ScoringEngine
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import TopKCollator
-from reasondistill.train.losses import distillation_loss
+from reasondistill.train.losses import LossSettings, distillation_loss
 from reasondistill.train.losses.distill import IGNORE_INDEX
-from reasondistill.train.on_policy import load_student_sampler, load_teacher_scorer
+from reasondistill.train.on_policy import StudentSampler, load_student_sampler, load_teacher_scorer
 
 
 @dataclass
@@ -43,24 +45,14 @@ class DistillOutput(ModelOutput):
     kd: torch.Tensor | None = None
 
 
-def add_distill_head(model: PreTrainedModel, args: DistillConfig) -> None:
+def add_distill_head(model: PreTrainedModel, chunk_size: int) -> None:
     """Patch `model.forward`: with `topk_ids` given it returns DistillOutput, otherwise it is unchanged.
 
     Extra forward arguments: `labels` [B, L], `topk_ids` [B, L, K], `topk_logprobs` [B, L, K] (aligned as
-    distill_data.TopKCollator builds them; shifted by one here), `gen_temperature`, `num_items_in_batch`,
-    `num_kd_items_in_batch`, `on_policy` (True: CE weight 0). Add it to the model PEFT wraps, if any.
+    distill_data.TopKCollator builds them; shifted by one here), `loss_settings`, `num_items_in_batch`,
+    `num_kd_items_in_batch`. `chunk_size`: rows per lm_head chunk. Add it to the model PEFT wraps, if any.
     """
     original_forward = model.forward
-    settings = dict(
-        divergence_kind=args.divergence,
-        beta=args.beta,
-        alpha=args.alpha,
-        temperature=args.temperature,
-        tail=args.tail,
-        tail_floor=args.tail_floor,
-        kd_weight=args.kd_weight,
-        chunk_size=args.loss_chunk_size,
-    )
 
     @functools.wraps(type(model).forward)  # `generate` checks its kwargs against this signature
     def forward(
@@ -70,10 +62,9 @@ def add_distill_head(model: PreTrainedModel, args: DistillConfig) -> None:
         topk_logprobs=None,
         labels=None,
         prompt_lengths=None,
-        gen_temperature=1.0,
+        loss_settings: LossSettings | None = None,
         num_items_in_batch=None,
         num_kd_items_in_batch=None,
-        on_policy=False,
         **kwargs,
     ):
         if topk_ids is None:
@@ -90,11 +81,10 @@ def add_distill_head(model: PreTrainedModel, args: DistillConfig) -> None:
             topk_ids[:, 1:],
             topk_logprobs[:, 1:],
             lm_head_bias=head.bias,
-            gen_temperature=gen_temperature,
-            ce_weight=0.0 if on_policy else args.ce_weight,
+            settings=loss_settings,
             num_items_in_batch=num_items_in_batch,
             num_kd_items_in_batch=num_kd_items_in_batch,
-            **settings,
+            chunk_size=chunk_size,
         )
         return DistillOutput(loss=loss.total, ce=loss.ce, kd=loss.kd)
 
@@ -121,14 +111,20 @@ class DistillTrainer(SFTTrainer):
     ):
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         add_distill_head(
-            self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model, args
+            self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model,
+            args.loss_chunk_size,
         )
         # Our loss divides by the accumulated batch's token counts itself (Trainer then skips its
         # division by the accumulation steps).
         self.model_accepts_loss_kwargs = True
-        self.gen_temperature = gen_temperature
-        self.student_sampler = self.teacher_scorer = None
+        self.loss_settings = args.loss_settings(gen_temperature)
+        self.on_policy_loss_settings: LossSettings | None = None
+        self.student_sampler: StudentSampler | None = None
+        self.teacher_scorer: ScoringEngine | None = None
         if args.lmbda > 0:
+            # the teacher's raw logprobs (T_gen = 1); only the divergence trains on the student's own
+            # samples (CE on them would reinforce its mistakes)
+            self.on_policy_loss_settings = replace(self.loss_settings, gen_temperature=1.0, ce_weight=0.0)
             if args.on_policy_topk != data_collator.k:
                 raise ValueError(
                     f"on_policy_topk={args.on_policy_topk} but the traces store top-{data_collator.k}: a "
@@ -146,6 +142,8 @@ class DistillTrainer(SFTTrainer):
             )
         self._num_kd_items_in_batch = None
         self._on_policy_step = False
+        self._step_terms: list[torch.Tensor] = []  # (ce, kd) [2] of each micro-batch of this step so far
+        self._step_micro_batches = 0
 
     # ----- batches: on-policy replacement and token counts for the whole accumulated batch -----
 
@@ -162,6 +160,7 @@ class DistillTrainer(SFTTrainer):
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 kd_items = self.accelerator.gather(kd_items).sum()
         self._num_kd_items_in_batch = kd_items
+        self._step_terms, self._step_micro_batches = [], len(batches)
         return batches, num_items
 
     def on_policy_batches(self, batches: list[dict]) -> list[dict]:
@@ -218,30 +217,27 @@ class DistillTrainer(SFTTrainer):
         inputs = {k: v for k, v in inputs.items() if k != "teacher_prompt_token_ids"}
         outputs = model(
             **inputs,
-            gen_temperature=1.0 if on_policy else self.gen_temperature,
+            loss_settings=self.on_policy_loss_settings if on_policy else self.loss_settings,
             num_items_in_batch=num_items_in_batch,
             num_kd_items_in_batch=self._num_kd_items_in_batch if num_items_in_batch is not None else None,
-            on_policy=on_policy,
         )
-        loss = outputs.loss
+        loss, terms = outputs.loss, torch.stack([outputs.ce, outputs.kd]).detach()  # terms [2]
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # the counts are global (all processes) and DDP averages gradients over processes
-            loss = loss * self.accelerator.num_processes
-        self._log_terms(mode, inputs, outputs, num_items_in_batch)
+            loss, terms = loss * self.accelerator.num_processes, terms * self.accelerator.num_processes
+        if mode == "eval":  # no global counts in evaluation: the terms are this batch's per-token means
+            self._log_terms(mode, self.accelerator.gather_for_metrics(terms[None]).mean(0))
+        else:
+            self._step_terms.append(terms)
+            if len(self._step_terms) == self._step_micro_batches:  # the step's last micro-batch
+                # summed over the micro-batches as Trainer sums their losses: the whole batch's terms
+                step_terms = torch.stack(self._step_terms).sum(0)
+                self._log_terms(mode, self.accelerator.gather(step_terms[None]).mean(0))
         return (loss, outputs) if return_outputs else loss
 
-    def _log_terms(self, mode: str, inputs: dict, outputs: DistillOutput, num_items_in_batch) -> None:
-        """Per-token means of this micro-batch's CE and KD, whatever denominators the loss used."""
-        ce_tokens, kd_tokens = token_counts(inputs)
-        ce_denominator = ce_tokens if num_items_in_batch is None else num_items_in_batch
-        kd_denominator = kd_tokens if num_items_in_batch is None else self._num_kd_items_in_batch
-        means = torch.stack(
-            [
-                outputs.ce.detach() * ce_denominator / ce_tokens.clamp_min(1),
-                outputs.kd.detach() * kd_denominator / kd_tokens.clamp_min(1),
-            ]
-        )
-        ce, kd = self.accelerator.gather_for_metrics(means.unsqueeze(0)).mean(0).tolist()
+    def _log_terms(self, mode: str, terms: torch.Tensor) -> None:
+        """Log (ce, kd), averaged over processes as Trainer averages the loss."""
+        ce, kd = terms.tolist()
         self._metrics[mode]["ce"].append(ce)
         self._metrics[mode]["kd"].append(kd)
         if mode == "train":

@@ -11,6 +11,8 @@ resolved settings) and, with `save_merged_model`, OUTPUT_DIR/merged (a plain mod
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, set_seed
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from reasondistill.core.recipe import matches_saved_recipe, parse_recipe, save_resolved_recipe
+from reasondistill.core.logs import setup_logging
+from reasondistill.core.recipe import RecipeError, parse_recipe, save_resolved_recipe, split_recipe_argument
+from reasondistill.core.run_reuse import run_unless_done
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import (
     TopKCollator,
@@ -31,6 +35,12 @@ from reasondistill.train.distill_trainer import DistillTrainer
 
 RECIPE_FILE = "train_recipe.yaml"
 MERGED_DIR = "merged"
+USAGE = (
+    "usage: python -m reasondistill.train {RECIPE.yaml | --config RECIPE.yaml} [--key value ...] "
+    "[--log_level info]\n"
+)
+
+logger = logging.getLogger(__name__)
 
 
 def load_model(path: str, model_args: ModelConfig) -> PreTrainedModel:
@@ -97,12 +107,15 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    if trainer.accelerator.is_main_process:
-        print(
-            f"distilling {student} on {len(train_dataset)} traces from {info.teacher} (dropped: {dropped}, "
-            f"prompts in the {args.prompt_chat_template}'s chat template) on "
-            f"{trainer.accelerator.num_processes} processes"
-        )
+    logger.info(
+        "distilling %s on %d traces from %s (dropped: %s, prompts in the %s's chat template) on %d processes",
+        student,
+        len(train_dataset),
+        info.teacher,
+        dropped,
+        args.prompt_chat_template,
+        trainer.accelerator.num_processes,
+    )
     resume = args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
     out = Path(args.output_dir)
@@ -118,16 +131,12 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
     return out
 
 
-def train_unless_done(model_args: ModelConfig, args: DistillConfig, log=print, redo: bool = False) -> Path:
-    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused).
-
-    `redo`: an input changed behind an unchanged path (a rebuilt model, regenerated traces), so a
-    finished run of the same settings is stale."""
-    out = Path(args.output_dir)
-    if not redo and matches_saved_recipe([model_args, args], out / RECIPE_FILE):
-        log(f"reusing {out}")
-        return out
-    return train(model_args, args)
+def train_unless_done(model_args: ModelConfig, args: DistillConfig, redo: bool = False) -> bool:
+    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused);
+    True if it trained. `redo`: an input changed behind an unchanged path (a rebuilt model, regenerated
+    traces), so a finished run of the same settings is stale."""
+    recipe_file = Path(args.output_dir) / RECIPE_FILE
+    return run_unless_done([model_args, args], recipe_file, lambda: train(model_args, args), redo=redo)
 
 
 def run_train(recipe: Path | None, overrides: list[str]) -> int:
@@ -137,9 +146,19 @@ def run_train(recipe: Path | None, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m reasondistill.train RECIPE.yaml [--key value ...]` (the form `accelerate launch` runs)."""
+    """`python -m reasondistill.train RECIPE.yaml [--key value ...]`, or `--config RECIPE.yaml` as TRL's
+    scripts take it (the form `accelerate launch` runs)."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-"):
-        print("usage: python -m reasondistill.train RECIPE.yaml [--key value ...]", file=sys.stderr)
+    try:
+        recipe, overrides = split_recipe_argument(argv)
+    except RecipeError as error:
+        sys.stderr.write(f"{USAGE}error: {error}\n")
         return 2
-    return run_train(Path(argv[0]), argv[1:])
+    if recipe is None:
+        sys.stderr.write(USAGE)
+        return 2
+    # `--log_level` is also TrainingArguments' field (transformers' verbosity), so it stays in the overrides
+    levels = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    levels.add_argument("--log_level", default="info")
+    setup_logging(levels.parse_known_args(overrides)[0].log_level)
+    return run_train(Path(recipe), overrides)

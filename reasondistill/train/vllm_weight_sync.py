@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from trl.generation.vllm_generation import VLLMGeneration
 from trl.trainer.utils import ensure_master_addr_port
 
-from reasondistill.train.distill_config import DistillConfig
+from reasondistill.train.distill_config import StudentSampling
 from reasondistill.train.vllm_sampling import vllm_generate
 
 
@@ -36,16 +36,21 @@ class ColocatedVllm(VLLMGeneration):
     prefills (its seeded requests fail on chunked ones, see engines.VllmEngine)."""
 
     def __init__(
-        self, model: PreTrainedModel, args: DistillConfig, accelerator: Accelerator, tokenizer, max_model_len
+        self,
+        model: PreTrainedModel,
+        sampling: StudentSampling,
+        accelerator: Accelerator,
+        tokenizer,
+        max_model_len: int | None,
     ):
         self.dtype = str(model.dtype).removeprefix("torch.")
-        self.seed = args.seed
+        self.seed = sampling.seed
         super().__init__(
             model=model,
             accelerator=accelerator,
             processing_class=tokenizer,
             mode="colocate",
-            gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
+            gpu_memory_utilization=sampling.gpu_memory_utilization,
             max_model_length=max_model_len,
         )
 
@@ -108,7 +113,9 @@ def merged_lora_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 class VllmWeightSyncSampler:
     """Samples with the current weights of the model it was built on (the trainer's)."""
 
-    def __init__(self, model, args: DistillConfig, accelerator: Accelerator, tokenizer, max_model_len):
+    def __init__(
+        self, model, sampling: StudentSampling, accelerator: Accelerator, tokenizer, max_model_len: int | None
+    ):
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
             raise ValueError(
                 "on_policy_student_backend: vllm cannot take the merged weights of a quantized (QLoRA) "
@@ -127,8 +134,8 @@ class VllmWeightSyncSampler:
                 "on_policy_student_backend: vllm cannot sample a DoRA student: set use_dora: false or "
                 "use on_policy_student_backend: transformers"
             )
-        self.args = args
-        self.generation = ColocatedVllm(model, args, accelerator, tokenizer, max_model_len)
+        self.sampling = sampling
+        self.generation = ColocatedVllm(model, sampling, accelerator, tokenizer, max_model_len)
 
     def close(self) -> None:
         # vLLM's shutdown destroys torch.distributed's default group: with several processes that is
@@ -142,7 +149,7 @@ class VllmWeightSyncSampler:
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self.current_weights()})
         llm.collective_rpc(reprocess_tied_lm_head)
         llm.reset_prefix_cache()  # cached blocks hold keys and values of the old weights
-        return vllm_generate(llm, prompts, self.args, seed)
+        return vllm_generate(llm, prompts, self.sampling, seed)
 
     def current_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The trained model's weights as vLLM names them, gathered where they are sharded."""

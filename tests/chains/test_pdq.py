@@ -8,22 +8,21 @@ import yaml
 from conftest import generate_config
 from transformers import AutoModelForCausalLM
 
-from reasondistill.chains.pdq import PDQConfig, prune_step, run_chain, stage_configs
+from reasondistill.chains.pdq import format_chain, prune_step, run_chain, stage_configs
+from reasondistill.chains.pdq_config import PDQConfig
 from reasondistill.core.recipe import parse_recipe
 from reasondistill.evaluate.report import load_results
 from reasondistill.generate.generate import generate
 from reasondistill.train.train import train_unless_done
 
-DEMO = Path(__file__).resolve().parents[2] / "recipes/demo"
+DEMO = Path(__file__).resolve().parents[2] / "reasondistill/recipes/demo"
 
 
 @pytest.fixture(scope="module")
 def chain_recipe(tmp_path_factory, tiny_model_dir):
     """Tiny versions of the demo's stage recipes and a pdq recipe that points at them."""
     root = tmp_path_factory.mktemp("pdq")
-    traces = generate(
-        generate_config(tiny_model_dir, root / "traces", backend="transformers"), log=lambda *_: None
-    )
+    traces = generate(generate_config(tiny_model_dir, root / "traces", backend="transformers"))
     prune = {"num_layers": 3, "intermediate_size": 256, "num_calibration": 8, "calibration_tokens": 8}
     train = yaml.safe_load((DEMO / "train.yaml").read_text()) | {"only_correct": False, "max_steps": 3}
     quantize = yaml.safe_load((DEMO / "quantize.yaml").read_text())
@@ -44,7 +43,7 @@ def chain_recipe(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def chain(chain_recipe):
     (config,) = parse_recipe(chain_recipe, (PDQConfig,))
-    rows, results = run_chain(config, log=lambda *_: None)
+    rows, results = run_chain(config)
     return config, rows, results
 
 
@@ -75,24 +74,25 @@ def test_chain_reports_every_step_measured_the_same_way(chain):
     assert (out / "report" / "report.md").exists()
 
 
-def test_finished_steps_are_reused_and_changed_ones_rerun(chain, chain_recipe, tmp_path):
+def test_finished_steps_are_reused_and_changed_ones_rerun(chain, chain_recipe, tmp_path, info_log):
     config, _, _ = chain
     out = Path(config.output_dir)
     prune_config, model_args, train_config, _ = stage_configs(config)
     pruned_weights = (out / "pruned" / "model.safetensors").stat().st_mtime_ns
-    messages = []
-    assert prune_step(prune_config, messages.append) == out / "pruned"
-    assert train_unless_done(model_args, train_config, messages.append) == out / "distilled"
-    assert messages == [f"reusing {out / 'pruned'}", f"reusing {out / 'distilled'}"]
+    assert not prune_step(prune_config)
+    assert not train_unless_done(model_args, train_config)
+    assert info_log.messages == [f"reusing {out / 'pruned'}", f"reusing {out / 'distilled'}"]
     assert (out / "pruned" / "model.safetensors").stat().st_mtime_ns == pruned_weights
 
     # a changed setting is not a finished run of it: the step runs again (here in a fresh directory)
     (changed,) = parse_recipe(chain_recipe, (PDQConfig,), ["--output_dir", str(tmp_path)])
     changed.prune_overrides = ["--intermediate_size", "128"]
-    messages.clear()
-    pruned = prune_step(stage_configs(changed)[0], messages.append)
-    assert not messages[0].startswith("reusing")
-    assert AutoModelForCausalLM.from_pretrained(pruned).config.intermediate_size == 128
+    info_log.clear()
+    changed_prune_config = stage_configs(changed)[0]
+    assert prune_step(changed_prune_config)
+    assert not any(m.startswith("reusing") for m in info_log.messages)
+    pruned = AutoModelForCausalLM.from_pretrained(changed_prune_config.output_dir)
+    assert pruned.config.intermediate_size == 128
 
 
 @pytest.mark.parametrize(
@@ -115,12 +115,12 @@ def test_bad_stage_recipes_are_refused_before_any_step(
     )
     config.train_overrides = train_overrides
     with pytest.raises(ValueError, match=error):
-        run_chain(config, log=lambda *_: None)
+        run_chain(config)
     assert not (tmp_path / "out").exists()  # nothing was pruned, trained or written
 
 
 def test_shipped_pdq_recipe_parses_with_its_stage_recipes(monkeypatch):
-    monkeypatch.chdir(DEMO.parents[1])  # its stage recipe paths are relative to the checkout
+    monkeypatch.chdir(DEMO.parents[1])  # the package: its stage recipe paths are recipes/demo/...
     (config,) = parse_recipe(DEMO / "pdq.yaml", (PDQConfig,))
     prune_config, model_args, train_config, quantize_config = stage_configs(config)
     assert prune_config.model == config.teacher and train_config.traces == config.traces
@@ -129,13 +129,29 @@ def test_shipped_pdq_recipe_parses_with_its_stage_recipes(monkeypatch):
     assert quantize_config.benchmark == "arithmetic"
 
 
-def test_a_repruned_model_is_distilled_again_in_the_same_directory(chain_recipe, tmp_path):
+def test_a_repruned_model_is_distilled_again_in_the_same_directory(chain_recipe, tmp_path, info_log):
     """The distil step's settings name the same pruned path, but the model behind it changed."""
     (config,) = parse_recipe(chain_recipe, (PDQConfig,), ["--output_dir", str(tmp_path / "out")])
-    run_chain(config, log=lambda *_: None)
+    run_chain(config)
     config.prune_overrides = ["--intermediate_size", "128"]
-    messages = []
-    run_chain(config, log=messages.append)
-    assert not any(m.startswith("reusing") for m in messages)
+    info_log.clear()
+    run_chain(config)
+    assert not any(m.startswith("reusing") for m in info_log.messages)
     distilled = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "distilled")
     assert distilled.config.intermediate_size == 128
+
+
+def test_chain_table_formats_every_measure():
+    rows = [
+        {"step": "teacher", "model": "teacher", "layers": 4, "parameters": 3300000, "size_mb": 13.2}
+        | {"size_vs_teacher": 1.0, "pass@1": 0.8, "accuracy_vs_teacher": 1.0},
+        {"step": "quantized", "model": "pruned+distilled gguf-q4", "layers": 3, "parameters": 2100000}
+        | {"size_mb": 1.234, "size_vs_teacher": 0.0935, "pass@1": 0.0, "accuracy_vs_teacher": None},
+    ]
+    assert format_chain(rows) == (
+        "| step | model | layers | parameters | size MB | % of teacher size | pass@1 "
+        "| % of teacher pass@1 |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| teacher | teacher | 4 | 3,300,000 | 13.20 | 100% | 80.0% | 100.0% |\n"
+        "| quantized | pruned+distilled gguf-q4 | 3 | 2,100,000 | 1.23 | 9% | 0.0% | - |"
+    )

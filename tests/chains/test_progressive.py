@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -11,27 +12,43 @@ import torch
 import yaml
 from conftest import generate_config
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reasondistill.chains.progressive import ProgressiveConfig, run_progressive
+import reasondistill.chains
+from reasondistill.chains.progressive import chain_table, run_progressive
+from reasondistill.chains.progressive_config import ProgressiveConfig
 from reasondistill.core.traces import load_traces, read_info, read_topk
+from reasondistill.demo.factory import save_initial_model
 from reasondistill.generate.generate import generate
 
-DEMO = Path(__file__).resolve().parents[2] / "recipes/demo"
+DEMO = Path(__file__).resolve().parents[2] / "reasondistill/recipes/demo"
 
 
 @pytest.fixture(scope="module")
 def teacher_traces(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("progressive") / "traces"
-    return generate(generate_config(tiny_model_dir, out, backend="transformers"), log=lambda *_: None)
+    return generate(generate_config(tiny_model_dir, out, backend="transformers"))
 
 
-def config(tmp_path: Path, teacher: Path, traces: Path, **overrides) -> ProgressiveConfig:
+@pytest.fixture(scope="module")
+def starting_models(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    """Fresh demo-size assistant and student with the teacher's tokenizer, as recipes/demo/progressive.yaml
+    has them built before the chain runs."""
+    root = tmp_path_factory.mktemp("starting-models")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for size in ("assistant", "student"):
+        save_initial_model(size, tokenizer, root / size, seed=0)
+    return {size: root / size for size in ("assistant", "student")}
+
+
+def config(
+    tmp_path: Path, teacher: Path, traces: Path, starts: dict[str, Path], **overrides
+) -> ProgressiveConfig:
     settings = dict(
         teacher=str(teacher),
         traces=str(traces),
-        assistants=["demo:assistant"],
-        student="demo:student",
+        assistants=[str(starts["assistant"])],
+        student=str(starts["student"]),
         train_recipe=str(DEMO / "train.yaml"),
         generate_recipe=str(DEMO / "generate.yaml"),
         evaluate_recipe=str(DEMO / "evaluate.yaml"),
@@ -45,9 +62,10 @@ def config(tmp_path: Path, teacher: Path, traces: Path, **overrides) -> Progress
     return ProgressiveConfig(**(settings | overrides))
 
 
-def test_chain_trains_each_model_on_the_traces_of_the_one_before(tmp_path, tiny_model_dir, teacher_traces):
-    messages = []
-    rows, results = run_progressive(config(tmp_path, tiny_model_dir, teacher_traces), messages.append)
+def test_chain_trains_each_model_on_the_traces_of_the_one_before(
+    tmp_path, tiny_model_dir, teacher_traces, starting_models, info_log
+):
+    rows, results = run_progressive(config(tmp_path, tiny_model_dir, teacher_traces, starting_models))
     out = tmp_path / "out"
     learned = {
         name: yaml.safe_load((out / name / "train_recipe.yaml").read_text())["traces"]
@@ -75,7 +93,7 @@ def test_chain_trains_each_model_on_the_traces_of_the_one_before(tmp_path, tiny_
     assert ids.tolist() == expected.indices.tolist()
     np.testing.assert_allclose(logprobs, expected.values.numpy(), atol=1e-3)
     # both students start from the same initialisation: they differ only in whose traces they learn from
-    init = load_file(out / "demo-student" / "model.safetensors")
+    init = load_file(starting_models["student"] / "model.safetensors")
     hidden = {
         name: json.loads((out / name / "config.json").read_text())["hidden_size"]
         for name in ("assistant-1", "student", "student-direct")
@@ -90,24 +108,37 @@ def test_chain_trains_each_model_on_the_traces_of_the_one_before(tmp_path, tiny_
     assert [r.model for r in results] == [r["model"] for r in rows]
     assert (out / "progressive.md").read_text().count("\n") == 6 and (out / "report" / "report.md").exists()
     # a second run reuses every finished step
-    messages.clear()
-    run_progressive(config(tmp_path, tiny_model_dir, teacher_traces), messages.append)
-    assert sum(m.startswith("reusing") for m in messages) == 3
+    info_log.clear()
+    run_progressive(config(tmp_path, tiny_model_dir, teacher_traces, starting_models))
+    assert sum(m.startswith("reusing") for m in info_log.messages) == 3
     # a retrained assistant: its traces are rewritten and the student relearns them; the direct one stays
-    messages.clear()
-    longer = config(tmp_path, tiny_model_dir, teacher_traces, assistant_train_overrides=["--max_steps", "3"])
-    run_progressive(longer, messages.append)
-    assert [m for m in messages if m.startswith("reusing")] == [f"reusing {out / 'student-direct'}"]
+    info_log.clear()
+    longer = config(
+        tmp_path,
+        tiny_model_dir,
+        teacher_traces,
+        starting_models,
+        assistant_train_overrides=["--max_steps", "3"],
+    )
+    run_progressive(longer)
+    assert [m for m in info_log.messages if m.startswith("reusing")] == [f"reusing {out / 'student-direct'}"]
     assert json.loads((out / "assistant-1" / "trainer_state.json").read_text())["global_step"] == 3
     rescored = sorted(load_traces(out / "traces-assistant-1"), key=lambda r: r["completion"])
     assert [r["topk_logprob_codes"] for r in rescored] != [r["topk_logprob_codes"] for r in scored]
 
 
-def test_sampling_assistants_hand_on_their_own_traces(tmp_path, tiny_model_dir, teacher_traces):
+def test_sampling_assistants_hand_on_their_own_traces(
+    tmp_path, tiny_model_dir, teacher_traces, starting_models
+):
     settings = config(
-        tmp_path, tiny_model_dir, teacher_traces, assistant_traces="sample", direct_baseline=False
+        tmp_path,
+        tiny_model_dir,
+        teacher_traces,
+        starting_models,
+        assistant_traces="sample",
+        direct_baseline=False,
     )
-    rows, _ = run_progressive(settings, lambda *_: None)
+    rows, _ = run_progressive(settings)
     assert [r["model"] for r in rows] == ["teacher", "assistant-1", "student"]
     traces = load_traces(tmp_path / "out" / "traces-assistant-1")
     assert rows[2]["traces"] == len(traces) == 8  # 4 prompts x 2 samples, all kept
@@ -115,17 +146,18 @@ def test_sampling_assistants_hand_on_their_own_traces(tmp_path, tiny_model_dir, 
     assert not set(map(tuple, traces["completion_token_ids"])) <= teacher_completions
 
 
-def test_bad_settings_fail_before_any_training(tmp_path, tiny_model_dir, teacher_traces):
+def test_bad_settings_fail_before_any_training(tmp_path, tiny_model_dir, teacher_traces, starting_models):
+    def settings(**overrides) -> ProgressiveConfig:
+        return config(tmp_path, tiny_model_dir, teacher_traces, starting_models, **overrides)
+
     with pytest.raises(ValueError, match="at least one teaching assistant"):
-        config(tmp_path, tiny_model_dir, teacher_traces, assistants=[])
-    bad_override = config(tmp_path, tiny_model_dir, teacher_traces, train_overrides=["--lerning_rate", "1"])
+        settings(assistants=[])
+    with pytest.raises(ValueError, match="assistant_traces is score or sample"):
+        settings(assistant_traces="copy")
     with pytest.raises(ValueError, match="lerning_rate"):
-        run_progressive(bad_override, lambda *_: None)
-    unknown = config(
-        tmp_path, tiny_model_dir, teacher_traces, evaluate_overrides=["--benchmark", "no-such-benchmark"]
-    )
+        run_progressive(settings(train_overrides=["--lerning_rate", "1"]))
     with pytest.raises(ValueError, match="no-such-benchmark"):
-        run_progressive(unknown, lambda *_: None)
+        run_progressive(settings(evaluate_overrides=["--benchmark", "no-such-benchmark"]))
     assert not (tmp_path / "out").exists()
 
 
@@ -133,5 +165,38 @@ def test_shipped_recipe_parses():
     from reasondistill.core.recipe import parse_recipe
 
     (shipped,) = parse_recipe(DEMO / "progressive.yaml", (ProgressiveConfig,))
-    assert shipped.assistants == ["demo:assistant"] and shipped.student == "demo:student"
+    assert shipped.assistants == ["outputs/demo/progressive/init-assistant"]
+    assert shipped.student == "outputs/demo/progressive/init-student"
     assert shipped.direct_baseline and Path(shipped.train_recipe) == Path("recipes/demo/train.yaml")
+
+
+def test_no_chain_imports_the_demo():
+    """Chains are product: their starting models are directories the user (or the demo's recipe) made."""
+    for module in Path(reasondistill.chains.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                )
+                assert not any(name.startswith("reasondistill.demo") for name in names), module
+
+
+def test_chain_table_formats_every_measure():
+    rows = [
+        {"model": "teacher", "learned_from": "-", "parameters": 3300000, "traces": "-", "pass@1": 0.8}
+        | {"ci95": [0.7, 0.9]},
+        {
+            "model": "student",
+            "learned_from": "assistant-1",
+            "parameters": 900000,
+            "traces": 12,
+            "pass@1": 0.25,
+        }
+        | {"ci95": [0.1, 0.4]},
+    ]
+    assert chain_table(rows) == (
+        "| model | learned from | parameters | traces it learned from | pass@1 | 95% CI |\n"
+        "| --- | --- | ---: | ---: | ---: | --- |\n"
+        "| teacher | - | 3,300,000 | - | 80.0% | 70.0% - 90.0% |\n"
+        "| student | assistant-1 | 900,000 | 12 | 25.0% | 10.0% - 40.0% |"
+    )

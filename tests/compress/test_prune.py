@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reasondistill.cli import main
-from reasondistill.compress.prune import PruneConfig, prune_model
+from reasondistill.compress.prune import prune_model
+from reasondistill.compress.prune_config import PruneConfig
 
 PROMPT = "<|im_start|>user\nTom has 12 apples and gets 7 more.<|im_end|>\n<|im_start|>assistant\n"
 CALIBRATION = ["--num_calibration", "8", "--calibration_tokens", "8", "--batch_size", "4"]

@@ -103,6 +103,20 @@ def test_profiles_and_config_checks(tmp_path):
         parse_recipe(recipe, (QuantizeConfig,))
 
 
+def test_measurement_table():
+    from reasondistill.compress.quantize import format_table
+
+    row = {"artifact": "nf4", "runtime": "transformers", "size_mb": 1.234, "size_vs_bf16": 0.4}
+    row |= {"peak_rss_mb": 550.4, "model_rss_mb": 67.6, "tokens_per_s": 299.5, "pass@1": 0.25}
+    assert format_table([row, row | {"pass@1": None, "accuracy_kept": 0.5}]).splitlines() == [
+        "| artifact | runtime | size MB | % of bf16 | peak RSS MB | model RSS MB | tokens/s | pass@1 "
+        "| accuracy kept |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| nf4 | transformers | 1.23 | 40% | 550 | 68 | 300 | 25.0% | - |",
+        "| nf4 | transformers | 1.23 | 40% | 550 | 68 | 300 | - | 50.0% |",
+    ]
+
+
 def test_quantize_stage_builds_and_measures(adapter, tmp_path, tiny_model_dir):
     """The whole stage from an adapter: merge, one GGUF and one NF4 artifact, size/speed/accuracy rows."""
     from reasondistill.compress.quantize import run_quantize

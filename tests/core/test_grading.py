@@ -6,7 +6,7 @@ import pytest
 
 from reasondistill.core.grading import Grade, answers_match, extract_answer, grade, gsm8k_gold
 
-DATA = Path(__file__).resolve().parents[2] / "data"
+DATA = Path(__file__).resolve().parents[2] / "reasondistill/evaluate/benchmarks/data"
 
 
 def read_jsonl(name: str) -> list[dict]:
@@ -97,6 +97,18 @@ EQUIVALENT = [
     ("$18$", "18", "number"),
     ("18 dollars", "18", "number"),
     ("5\\text{ cm}", "5", "number"),
+    # a unit or an aside after the number
+    ("9 (apples)", "9", "number"),
+    ("1,000 dollars (rounded)", "1000", "number"),
+    ("25 (the remainder)", "025", "integer"),
+    ("42 cm^2", "42", "number"),
+    ("42\\text{ cm}^2", "42", "number"),
+    ("42\\,\\mathrm{cm}^{2}", "42", "number"),
+    ("42 m²", "42", "number"),
+    ("60 km/h", "60", "number"),
+    ("9.8 m/s^2", "9.8", "number"),
+    ("90^\\circ", "90", "number"),
+    ("90°", "90", "number"),
     ("\\dfrac{3}{4}", "3/4", "latex"),
     ("\\frac{3}{4}", "0.75", "number"),
     ("10\\%", "10", "number"),
@@ -126,6 +138,16 @@ NOT_EQUIVALENT = [
     ("1,5", "1.5", "number"),  # a pair, not a European decimal
     ("3\\pi", "3", "number"),
     ("3 pi", "3", "number"),
+    # a number followed by another is not one plain number: no guess at which is meant (last-number
+    # graders read 3, first-number ones 9; the question may have asked for the total)
+    ("9 apples and 3 pears", "9", "number"),
+    ("9 apples and 3 pears", "3", "number"),
+    ("9 apples and 3 pears", "12", "number"),
+    ("9 (3 each)", "3", "number"),
+    ("42^2", "42", "number"),  # a power of the number, not of a unit
+    ("5 million", "5", "number"),  # a multiplier, not a unit
+    ("5 dozen", "5", "number"),
+    ("2 and a half", "2", "number"),
     ("\\text{(B)}", "\\text{(C)}", "latex"),
     ("(1,2)", "[1,2]", "latex"),
     ("x \\in (0, 7) \\cup", "7", "latex"),  # unparseable LaTeX must not match a stray number in it
@@ -159,6 +181,11 @@ def test_unknown_answer_type_is_refused():
         ("\\fbox{7}", "7"),
         ("A box then a phrase: \\boxed{9}. The answer is 8.", "9"),
         ("The answer is 3.5 meters. I hope it is correct.", "3.5 meters"),
+        ("The answer is 9 (apples).", "9 (apples)"),
+        ("The answer is 42 cm^2.", "42 cm^2"),
+        ("The answer is **9** apples.", "9 apples"),  # markdown bold around the number
+        ("The answer is 2**10.", "2**10"),  # ** between numbers is a power, not markup
+        ("The answer is 2**3**4.", "2**3**4"),
         ("The answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
         ("The answer is $\\$18.90$.", "\\$18.90"),
         ("Final Answer: \\(x^2\\)", "x^2"),
@@ -189,6 +216,16 @@ def test_grade_reasons():
     assert grade("So \\boxed{\\frac{1}{3}}.", "0.5") == Grade("\\frac{1}{3}", False, "wrong")
     assert grade("I am not sure.", "0.5") == Grade(None, False, "no_answer")
     assert grade("<think>the answer is 0.5", "0.5") == Grade(None, False, "no_answer")
+
+
+def test_answers_with_a_unit_or_an_aside_grade_by_their_number():
+    assert grade("The answer is 9 (apples).", "9", "number") == Grade("9 (apples)", True, "correct")
+    assert grade("The area is 6 * 7.\nThe answer is 42 cm^2", "42", "number").correct
+    # the last \boxed{} still wins over an "answer is" phrase, before or after it
+    assert grade("The answer is 40 cm^2. No: \\boxed{42}.", "40", "number") == Grade("42", False, "wrong")
+    assert grade("\\boxed{42}. The answer is 40 cm^2.", "42", "number") == Grade("42", True, "correct")
+    two_numbers = grade("The answer is 9 apples and 3 pears.", "3", "number")
+    assert two_numbers == Grade("9 apples and 3 pears", False, "wrong")
 
 
 def test_synthetic_task_output():

@@ -1,4 +1,5 @@
-"""Recipes: YAML values, CLI overrides, the errors users see, and the resolved-recipe round trip."""
+"""Recipes: YAML values, CLI overrides, `--config` or a leading recipe, the packaged recipes, the errors users
+see, and the resolved-recipe round trip."""
 
 import dataclasses
 from dataclasses import dataclass, field
@@ -8,7 +9,8 @@ from typing import Literal
 
 import pytest
 
-from reasondistill.core.recipe import RecipeError, parse_recipe, save_resolved_recipe
+from reasondistill.core import recipe as recipe_module
+from reasondistill.core.recipe import RecipeError, parse_recipe, save_resolved_recipe, split_recipe_argument
 
 
 class Reduction(Enum):
@@ -122,6 +124,69 @@ def test_wrong_type(tmp_path, line, expected):
 def test_missing_file(tmp_path):
     with pytest.raises(RecipeError, match="nope.yaml: recipe file not found"):
         parse_recipe(tmp_path / "nope.yaml", TYPES)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("learning_rate: 1e-4", 1e-4),  # YAML 1.1 (yaml.safe_load, TrlParser's) reads these two as text
+        ("learning_rate: 5E+3", 5e3),
+        ("revision: yes", "yes"),  # and these three as booleans
+        ("revision: off", "off"),
+        ("revision: n", "n"),
+        ("bf16: True", True),
+        ("bf16: FALSE", False),
+    ],
+)
+def test_yaml_1_2_rules(tmp_path, line, expected):
+    key = line.split(":")[0]
+    model, train = parse_recipe(write(tmp_path, f"model_name: m\n{line}\n"), TYPES)
+    value = getattr(model if hasattr(model, key) else train, key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_config_flag_as_trl_takes_it(tmp_path):
+    path = write(tmp_path, "model_name: tiny\nlearning_rate: 0.1\n")
+    model, train = parse_recipe(None, TYPES, ["--max_steps", "3", "--config", str(path)])
+    assert (model, train) == parse_recipe(path, TYPES, ["--max_steps", "3"])
+    assert model.model_name == "tiny" and train.learning_rate == 0.1 and train.max_steps == 3
+    with pytest.raises(RecipeError, match="two recipes given"):
+        parse_recipe(path, TYPES, ["--config", str(path)])
+    with pytest.raises(RecipeError, match="--config needs the recipe's path"):
+        parse_recipe(None, TYPES, ["--config"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["r.yaml", "--seed", "1"], ("r.yaml", ["--seed", "1"])),
+        (["--seed", "1", "--config", "r.yaml"], ("r.yaml", ["--seed", "1"])),
+        (["--model", "a", "b"], (None, ["--model", "a", "b"])),
+        ([], (None, [])),
+    ],
+)
+def test_split_recipe_argument(args, expected):
+    assert split_recipe_argument(args) == expected
+
+
+def test_relative_recipe_missing_here_is_found_in_the_package(tmp_path, monkeypatch):
+    package, work = tmp_path / "package", tmp_path / "work"
+    (package / "recipes" / "demo").mkdir(parents=True)
+    write(package / "recipes" / "demo", "model_name: packaged\n")
+    monkeypatch.setattr(recipe_module, "PACKAGE_DIR", package)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert parse_recipe("recipes/demo/recipe.yaml", TYPES)[0].model_name == "packaged"
+    with pytest.raises(RecipeError) as err:
+        parse_recipe("recipes/demo/nope.yaml", TYPES)
+    message = str(err.value)
+    assert "recipes/demo/nope.yaml: recipe file not found" in message
+    for looked in (work, package):  # both places are named
+        assert str(looked / "recipes/demo/nope.yaml") in message
+
+    (work / "recipes" / "demo").mkdir(parents=True)  # a recipe in the working directory comes first
+    write(work / "recipes" / "demo", "model_name: mine\n")
+    assert parse_recipe("recipes/demo/recipe.yaml", TYPES)[0].model_name == "mine"
 
 
 def test_yaml_syntax_error_names_line(tmp_path):

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reasondistill.core.arithmetic_task import generate_problems
-from reasondistill.demo.teacher import BUILD_INFO_FILE, TeacherConfig, tokenize_example, train_teacher
+from reasondistill.demo.teacher import BUILD_INFO_FILE, tokenize_example, train_teacher
+from reasondistill.demo.teacher_config import TeacherConfig
 
 TINY = dict(
     size="student",
@@ -21,10 +22,9 @@ TINY = dict(
 )
 
 
-def test_build_trains_saves_and_is_reused(tmp_path):
+def test_build_trains_saves_and_is_reused(tmp_path, info_log):
     config = TeacherConfig(cache_dir=str(tmp_path), **TINY)
-    messages: list[str] = []
-    directory = train_teacher(config, log=messages.append)
+    directory = train_teacher(config)
     info = json.loads((directory / BUILD_INFO_FILE).read_text())
     curve = info["learning_curve"]
     assert [p["step"] for p in curve] == [20, 40, 60]
@@ -41,9 +41,9 @@ def test_build_trains_saves_and_is_reused(tmp_path):
         loss = model(input_ids=torch.tensor([ids]), labels=labels).loss
     assert loss < 0.5 * torch.log(torch.tensor(float(len(tokenizer))))
 
-    messages.clear()
-    assert train_teacher(config, log=messages.append) == directory
-    assert messages == [f"reusing demo teacher at {directory}"]
+    info_log.clear()
+    assert train_teacher(config) == directory
+    assert info_log.messages == [f"reusing demo teacher at {directory}"]
     other = TeacherConfig(cache_dir=str(tmp_path), **{**TINY, "seed": 1})
     assert other.directory() != directory
 

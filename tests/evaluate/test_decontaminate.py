@@ -5,7 +5,7 @@ from pathlib import Path
 
 from reasondistill.evaluate.decontaminate import check_contamination, main, ngrams
 
-GSM8K = Path(__file__).resolve().parents[2] / "data" / "gsm8k" / "test.jsonl"
+GSM8K = Path(__file__).resolve().parents[2] / "reasondistill/evaluate/benchmarks/data/gsm8k/test.jsonl"
 
 
 def gsm8k_questions(count: int) -> list[str]:
@@ -55,7 +55,7 @@ def test_cli_on_a_trace_dataset(tmp_path, tiny_model_dir, hf_engine, capsys):
         drop_truncated=False,
         output_dir=str(traces),
     )
-    generate(config, engine=hf_engine, log=lambda *_: None)
+    generate(config, engine=hf_engine)
     assert main([str(traces), "--benchmark", "gsm8k"]) == 0
     assert "gsm8k: 0 of 8 prompts" in capsys.readouterr().out
     assert main([str(traces), "--benchmark", "arithmetic", "gsm8k"]) == 1

@@ -5,6 +5,7 @@ The equivalence / non-equivalence table of answers (0.5 vs \\frac{1}{2}, tuples 
 1,000 vs 1000, ...) lives in tests/test_grading.py.
 """
 
+import inspect
 import json
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import pytest
 import yaml
 
 from reasondistill.cli import main
-from reasondistill.core.benchmark_specs import available_benchmarks, load_benchmark, load_problems
 from reasondistill.core.grading import grade
 from reasondistill.core.recipe import RecipeError
+from reasondistill.evaluate.benchmark_specs import available_benchmarks, load_benchmark, load_problems
 from reasondistill.evaluate.evaluate import answer_votes, check_model, evaluate_models, model_size_bytes
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.results import ModelSpec
@@ -135,6 +136,19 @@ def test_answer_votes_group_equivalent_wrong_answers():
     assert answer_votes(samples, "latex") == [0, 1, None, 1, 2, 0]
 
 
+@pytest.mark.parametrize("engine_class", ["VllmEngine", "TransformersEngine", "LlamaCppEngine"])
+def test_every_engine_is_a_sampling_engine(engine_class):
+    """What evaluate_models takes: the protocol's members, with its signatures (annotations as written),
+    checked without loading a model or needing llama-cpp-python."""
+    from reasondistill.core import engines, llamacpp_engine
+
+    cls = getattr(engines, engine_class, None) or getattr(llamacpp_engine, engine_class)
+    assert isinstance(cls.name, str)
+    for method in ("sample", "close"):
+        expected = inspect.signature(getattr(engines.SamplingEngine, method))
+        assert inspect.signature(getattr(cls, method)) == expected, f"{engine_class}.{method}"
+
+
 def test_config_refuses_mismatched_labels_and_bad_counts():
     with pytest.raises(ValueError, match="2 labels for 1 models"):
         EvaluateConfig(model=["a"], model_name=["x", "y"])
@@ -176,8 +190,8 @@ def test_context_overflow_is_refused_before_sampling(tiny_model_dir, hf_engine):
 def test_vllm_and_transformers_give_the_same_greedy_answers(tiny_model_dir, vllm_engine, hf_engine):
     config = eval_config()
     model = ModelSpec(str(tiny_model_dir), "tiny")
-    (vllm_run,) = evaluate_models([model], ["arithmetic"], config, engine=vllm_engine, log=lambda _: None)
-    (hf_run,) = evaluate_models([model], ["arithmetic"], config, engine=hf_engine, log=lambda _: None)
+    (vllm_run,) = evaluate_models([model], ["arithmetic"], config, engine=vllm_engine)
+    (hf_run,) = evaluate_models([model], ["arithmetic"], config, engine=hf_engine)
     assert (vllm_run.backend, hf_run.backend) == ("vllm", "transformers")
     assert len(vllm_run.samples) == 6
     fields = ("problem_id", "response", "response_tokens", "finish_reason", "extracted", "correct", "failure")
@@ -227,7 +241,7 @@ def test_cli_evaluates_two_models_and_writes_the_report(tiny_model_dir, demo_tok
 def test_shipped_demo_recipe_parses():
     from reasondistill.core.recipe import parse_recipe
 
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / "demo" / "evaluate.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "reasondistill" / "recipes" / "demo" / "evaluate.yaml"
     (config,) = parse_recipe(recipe, (EvaluateConfig,), ["--model", "teacher_dir", "student_dir"])
     assert config.model == ["teacher_dir", "student_dir"] and config.benchmark == ["arithmetic"]
     assert config.engine_config("teacher_dir").teacher == "teacher_dir"

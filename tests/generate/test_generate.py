@@ -40,7 +40,7 @@ def forward_logprobs(model_dir, prompt_ids, completion_ids) -> torch.Tensor:
 def traces(tmp_path_factory, vllm_engine, tiny_model_dir):
     out = tmp_path_factory.mktemp("traces") / "ds"
     config = generate_config(tiny_model_dir, out)
-    generate(config, engine=vllm_engine, log=lambda *_: None)
+    generate(config, engine=vllm_engine)
     return config, out
 
 
@@ -102,7 +102,7 @@ def test_vllm_and_transformers_agree_on_top_k(vllm_engine, hf_engine, tiny_model
 
 def test_transformers_backend_writes_the_same_schema(tmp_path, hf_engine, tiny_model_dir):
     config = generate_config(tiny_model_dir, tmp_path / "hf", backend="transformers", num_prompts=3)
-    generate(config, engine=hf_engine, log=lambda *_: None)
+    generate(config, engine=hf_engine)
     dataset = load_traces(tmp_path / "hf")
     assert len(dataset) == 6
     record = dataset[0]
@@ -135,7 +135,7 @@ def test_scoring_mode_scores_existing_completions(tmp_path, vllm_engine, tiny_mo
         completion_field="completion",
         keep="correct",
     )
-    generate(config, engine=vllm_engine, log=lambda *_: None)
+    generate(config, engine=vllm_engine)
     dataset = load_traces(tmp_path / "scored")
     assert len(dataset) == 1 and dataset[0]["correct"] and dataset[0]["extracted_answer"] == "3"
     record = dataset[0]
@@ -150,7 +150,7 @@ def test_changed_recipe_is_refused_and_nothing_is_touched(traces, tiny_model_dir
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     changed = generate_config(tiny_model_dir, out, temperature=0.5)
     with pytest.raises(ValueError, match="other settings"):
-        generate(changed, log=lambda *_: None)
+        generate(changed)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -172,7 +172,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, tiny_model_di
     for overrides, message in cases:
         out = tmp_path / f"out-{len(message)}"
         with pytest.raises(Exception, match=message):
-            generate(generate_config(tiny_model_dir, out, **overrides), log=lambda *_: None)
+            generate(generate_config(tiny_model_dir, out, **overrides))
         assert not out.exists()
 
 

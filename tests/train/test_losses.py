@@ -6,6 +6,8 @@ through the implementation's bucket, divergence or denominator code.
 """
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from reasondistill.core.traces import decode_logprobs, encode_logprobs
 from reasondistill.train.losses import (
     DIVERGENCE_KINDS,
+    LossSettings,
     distillation_loss,
     distillation_loss_from_logits,
     divergence,
@@ -22,6 +25,7 @@ from reasondistill.train.losses import (
     teacher_buckets,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 D = torch.float64
 SMALL_FLOOR = 1e-12  # where k = V (empty tail), so the floor's share stays below the tolerances
 
@@ -75,11 +79,13 @@ def test_k_equals_vocab_is_the_full_kl(kind, tail, gen_temperature, temperature)
         torch.zeros(len(ids), dtype=torch.long),
         ids,
         logprobs,
-        divergence_kind=kind,
-        temperature=temperature,
-        gen_temperature=gen_temperature,
-        tail=tail,
-        tail_floor=SMALL_FLOOR,
+        settings=LossSettings(
+            divergence_kind=kind,
+            temperature=temperature,
+            gen_temperature=gen_temperature,
+            tail=tail,
+            tail_floor=SMALL_FLOOR,
+        ),
     )
     log_p = torch.log_softmax(teacher / temperature, dim=-1)  # re-tempering is exact with the whole vocab
     log_q = torch.log_softmax(student / temperature, dim=-1)
@@ -117,12 +123,14 @@ def test_topk_buckets_match_brute_force(kind, tail, temperature):
         labels,
         ids,
         logprobs,
-        divergence_kind=kind,
-        beta=beta,
-        alpha=alpha,
-        temperature=temperature,
-        gen_temperature=temperature,
-        tail=tail,
+        settings=LossSettings(
+            divergence_kind=kind,
+            beta=beta,
+            alpha=alpha,
+            temperature=temperature,
+            gen_temperature=temperature,
+            tail=tail,
+        ),
     )
     big_p = torch.softmax(teacher / temperature, dim=-1)
     big_q = torch.softmax(student / temperature, dim=-1)
@@ -143,7 +151,11 @@ def test_retempered_tail_follows_the_documented_pseudo_token_rule():
     # T_gen = 1, T = 2: teacher buckets p_b proportional to P_b ** (1/2), P_tail the brute-force tail mass.
     teacher, student, ids, logprobs = case()
     loss = distillation_loss_from_logits(
-        student, torch.zeros(9, dtype=torch.long), ids, logprobs, temperature=2.0, gen_temperature=1.0
+        student,
+        torch.zeros(9, dtype=torch.long),
+        ids,
+        logprobs,
+        settings=LossSettings(temperature=2.0, gen_temperature=1.0),
     )
     big_p, big_q = torch.softmax(teacher, -1), torch.softmax(student / 2.0, -1)
     terms = []
@@ -175,10 +187,9 @@ def test_jsd_equals_trl_generalized_jsd_loss(beta, temperature):
         labels,
         ids.reshape(*shape, -1),
         logprobs.reshape(*shape, -1),
-        divergence_kind="jsd",
-        beta=beta,
-        temperature=temperature,
-        tail_floor=SMALL_FLOOR,
+        settings=LossSettings(
+            divergence_kind="jsd", beta=beta, temperature=temperature, tail_floor=SMALL_FLOOR
+        ),
     )
     torch.testing.assert_close(ours.kd / temperature**2, trl, rtol=1e-9, atol=1e-10)
     (grad,) = torch.autograd.grad(ours.kd / temperature**2, student)
@@ -233,7 +244,7 @@ def test_quantised_logprobs_summing_above_one_give_the_floor_not_nan():
     student = torch.randn(2, 40, requires_grad=True)
     ids = torch.tensor([[3, 1, 2, 0], [5, 6, 7, 5]])
     loss = distillation_loss_from_logits(
-        student, torch.tensor([1, 5]), ids, decoded, divergence_kind="reverse_kl"
+        student, torch.tensor([1, 5]), ids, decoded, settings=LossSettings(divergence_kind="reverse_kl")
     )
     loss.total.backward()
     assert torch.isfinite(loss.total) and torch.isfinite(student.grad).all()
@@ -264,10 +275,9 @@ def test_identical_teacher_and_student_give_zero(kind, tail, temperature):
         torch.zeros(9, dtype=torch.long),
         ids,
         logprobs,
-        divergence_kind=kind,
-        temperature=temperature,
-        gen_temperature=temperature,
-        tail=tail,
+        settings=LossSettings(
+            divergence_kind=kind, temperature=temperature, gen_temperature=temperature, tail=tail
+        ),
     )
     assert abs(loss.kd.item()) < 1e-14
     (grad,) = torch.autograd.grad(loss.kd, student)
@@ -282,14 +292,14 @@ def test_fully_masked_batch_is_zero_with_zero_gradients(chunked):
     ids = ids.clone()
     ids[6:] = -1  # and garbage ids
     labels = torch.full((9,), -100)
-    settings = dict(ce_weight=0.5, kd_weight=0.5, divergence_kind="jsd", temperature=2.0)
+    settings = LossSettings(ce_weight=0.5, kd_weight=0.5, divergence_kind="jsd", temperature=2.0)
     if chunked:
         weight = torch.randn(50, 8, dtype=D, requires_grad=True)
         hidden = torch.randn(9, 8, dtype=D, requires_grad=True)
-        loss = distillation_loss(hidden, weight, labels, ids, logprobs, chunk_size=4, **settings)
+        loss = distillation_loss(hidden, weight, labels, ids, logprobs, settings=settings, chunk_size=4)
         leaves = (hidden, weight)
     else:
-        loss = distillation_loss_from_logits(student, labels, ids, logprobs, **settings)
+        loss = distillation_loss_from_logits(student, labels, ids, logprobs, settings=settings)
         leaves = (student,)
     assert loss.total.item() == 0.0 and loss.ce.item() == 0.0 and loss.kd.item() == 0.0
     for grad in torch.autograd.grad(loss.total, leaves):
@@ -306,7 +316,11 @@ def test_trailing_masked_ranks_count_as_outside_the_topk(tail, kind):
         logprobs[t, n:] = -math.inf
         ids[t, n:] = ids[t, 0] if t % 2 else 0  # masked ids: duplicates of a kept id, or anything
     loss = distillation_loss_from_logits(
-        student, torch.zeros(9, dtype=torch.long), ids, logprobs, divergence_kind=kind, tail=tail
+        student,
+        torch.zeros(9, dtype=torch.long),
+        ids,
+        logprobs,
+        settings=LossSettings(divergence_kind=kind, tail=tail),
     )
     big_p, big_q = torch.softmax(teacher, -1), torch.softmax(student, -1)
     terms = []
@@ -351,16 +365,13 @@ def test_chunked_equals_unchunked(chunk_size, temperature):
         topk_logprobs=logprobs.reshape(2, n // 2, k),
         target_mask=target_mask.reshape(2, -1),
     )
-    settings = dict(
-        divergence_kind="jsd",
-        beta=0.4,
-        temperature=temperature,
-        ce_weight=0.3,
-        kd_weight=0.7,
-        num_items_in_batch=None,
+    settings = LossSettings(
+        divergence_kind="jsd", beta=0.4, temperature=temperature, ce_weight=0.3, kd_weight=0.7
     )
-    plain = distillation_loss_from_logits(F.linear(hidden, weight, bias), **batch, **settings)
-    chunked = distillation_loss(hidden, weight, **batch, lm_head_bias=bias, chunk_size=chunk_size, **settings)
+    plain = distillation_loss_from_logits(F.linear(hidden, weight, bias), **batch, settings=settings)
+    chunked = distillation_loss(
+        hidden, weight, **batch, lm_head_bias=bias, settings=settings, chunk_size=chunk_size
+    )
     for a, b in zip(plain, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     for a, b in zip(
@@ -371,7 +382,7 @@ def test_chunked_equals_unchunked(chunk_size, temperature):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
     with torch.no_grad():
         again = distillation_loss(
-            hidden, weight, **batch, lm_head_bias=bias, chunk_size=chunk_size, **settings
+            hidden, weight, **batch, lm_head_bias=bias, settings=settings, chunk_size=chunk_size
         )
     torch.testing.assert_close(again.total, plain.total.detach(), rtol=1e-12, atol=1e-14)
 
@@ -383,9 +394,9 @@ def test_chunked_with_a_frozen_head_gives_the_hidden_gradient_only():
     weight = torch.randn(30, 6, generator=g, dtype=D)  # requires_grad False
     logprobs, ids = torch.log_softmax(2 * torch.randn(10, 30, generator=g, dtype=D), -1).topk(4, dim=-1)
     labels = torch.randint(0, 30, (10,), generator=g)
-    settings = dict(ce_weight=0.5, kd_weight=1.0, temperature=1.0)
-    plain = distillation_loss_from_logits(F.linear(hidden, weight), labels, ids, logprobs, **settings)
-    chunked = distillation_loss(hidden, weight, labels, ids, logprobs, chunk_size=3, **settings)
+    settings = LossSettings(ce_weight=0.5, kd_weight=1.0, temperature=1.0)
+    plain = distillation_loss_from_logits(F.linear(hidden, weight), labels, ids, logprobs, settings=settings)
+    chunked = distillation_loss(hidden, weight, labels, ids, logprobs, settings=settings, chunk_size=3)
     (expected,) = torch.autograd.grad(plain.total, hidden)
     (got,) = torch.autograd.grad(chunked.total, hidden)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13)
@@ -398,12 +409,13 @@ def test_chunked_bfloat16_model_is_computed_in_float32():
     weight = torch.randn(40, 8, generator=g).bfloat16().requires_grad_()
     logprobs, ids = torch.log_softmax(torch.randn(10, 40, generator=g), -1).topk(4, dim=-1)
     labels = torch.randint(0, 40, (10,), generator=g)
-    loss = distillation_loss(hidden, weight, labels, ids, logprobs, ce_weight=1.0, chunk_size=3)
+    with_ce = LossSettings(ce_weight=1.0)
+    loss = distillation_loss(hidden, weight, labels, ids, logprobs, settings=with_ce, chunk_size=3)
     assert loss.total.dtype == torch.float32
     loss.total.backward()
     assert hidden.grad.dtype == torch.bfloat16 and torch.isfinite(weight.grad.float()).all()
     reference = distillation_loss_from_logits(
-        F.linear(hidden, weight).float(), labels, ids, logprobs, ce_weight=1.0
+        F.linear(hidden, weight).float(), labels, ids, logprobs, settings=with_ce
     )
     torch.testing.assert_close(loss.total, reference.total)
 
@@ -430,7 +442,7 @@ def accumulation_batch():
 @pytest.mark.parametrize("chunked", [False, True])
 def test_gradient_accumulation_sums_to_the_whole_batch(chunked):
     hidden, weight, batch = accumulation_batch()
-    settings = dict(divergence_kind="reverse_kl", temperature=1.5, ce_weight=0.4, kd_weight=0.6)
+    settings = LossSettings(divergence_kind="reverse_kl", temperature=1.5, ce_weight=0.4, kd_weight=0.6)
     n_loss = sum(int(x != -100) for x in batch["labels"].flatten())
     n_kd = sum(
         int(x != -100 and m)
@@ -443,9 +455,9 @@ def test_gradient_accumulation_sums_to_the_whole_batch(chunked):
         h = hidden[rows].clone().requires_grad_()
         part = {key: value[rows] for key, value in batch.items()}
         if chunked:
-            loss = distillation_loss(h, w, **part, chunk_size=5, **settings, **counts)
+            loss = distillation_loss(h, w, **part, settings=settings, chunk_size=5, **counts)
         else:
-            loss = distillation_loss_from_logits(F.linear(h, w), **part, **settings, **counts)
+            loss = distillation_loss_from_logits(F.linear(h, w), **part, settings=settings, **counts)
         return loss, torch.autograd.grad(loss.total, (h, w))
 
     whole, (grad_h, grad_w) = run(slice(0, 4))
@@ -465,7 +477,7 @@ def test_gradient_accumulation_sums_to_the_whole_batch(chunked):
 def test_tokens_without_targets_count_in_ce_only():
     hidden, weight, batch = accumulation_batch()
     logits = F.linear(hidden, weight).requires_grad_()  # [B, T, V], a leaf
-    loss = distillation_loss_from_logits(logits, **batch, ce_weight=0.4, kd_weight=0.6)
+    loss = distillation_loss_from_logits(logits, **batch, settings=LossSettings(ce_weight=0.4, kd_weight=0.6))
     labels, mask = batch["labels"], batch["target_mask"]
     ce_terms, kd_terms = [], []
     for b in range(4):
@@ -497,14 +509,33 @@ def test_bad_settings_are_refused():
     labels = torch.zeros(9, dtype=torch.long)
     with pytest.raises(ValueError, match="num_kd_items_in_batch"):
         distillation_loss_from_logits(student, labels, ids, logprobs, num_items_in_batch=9)
-    with pytest.raises(ValueError, match="unknown divergence"):
-        distillation_loss_from_logits(student, labels, ids, logprobs, divergence_kind="kl")
-    with pytest.raises(ValueError, match="beta"):
-        distillation_loss_from_logits(student, labels, ids, logprobs, divergence_kind="jsd", beta=1.5)
-    with pytest.raises(ValueError, match="temperatures"):
-        distillation_loss_from_logits(student, labels, ids, logprobs, temperature=0.0)
+    for refused, problem in (
+        (dict(divergence_kind="kl"), "unknown divergence"),
+        (dict(divergence_kind="jsd", beta=1.5), "beta"),
+        (dict(alpha=-0.1), "alpha"),
+        (dict(temperature=0.0), "temperatures"),
+        (dict(gen_temperature=-1.0), "temperatures"),
+        (dict(tail_floor=1.0), "tail_floor"),
+        (dict(ce_weight=0.0, kd_weight=0.0), "not both 0"),
+        (dict(kd_weight=-1.0), "loss weights"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            LossSettings(**refused)
     # pure CE needs no KD count
     loss = distillation_loss_from_logits(
-        student, labels, ids, logprobs, ce_weight=1.0, kd_weight=0.0, num_items_in_batch=9
+        student,
+        labels,
+        ids,
+        logprobs,
+        settings=LossSettings(ce_weight=1.0, kd_weight=0.0),
+        num_items_in_batch=9,
     )
     torch.testing.assert_close(loss.total, F.cross_entropy(student, labels))
+
+
+def test_docs_name_the_divergences_the_code_accepts():
+    """Every divergence docs/train.md and docs/losses.md name (a backticked `..._kl` or `...jsd`) is one
+    the loss accepts, and each of them is documented in both."""
+    for doc in ("docs/train.md", "docs/losses.md"):
+        named = set(re.findall(r"`(\w*(?:_kl|jsd))`", (REPO / doc).read_text()))
+        assert named == set(DIVERGENCE_KINDS), doc

@@ -76,7 +76,7 @@ def r1_teacher(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def trace_dir(tmp_path_factory, r1_teacher) -> Path:
-    return generate(trace_config(r1_teacher, tmp_path_factory.mktemp("traces") / "ds"), log=lambda *_: None)
+    return generate(trace_config(r1_teacher, tmp_path_factory.mktemp("traces") / "ds"))
 
 
 def test_student_prompts_carry_the_stored_completions_and_targets(trace_dir, student_dir):
@@ -135,7 +135,7 @@ def test_schema_1_0_traces_load_as_teacher_prompts_and_are_refused_as_student(
         load_trace_dataset(str(old), False, None, AutoTokenizer.from_pretrained(student_dir))
     # resuming it with this version finishes it at 1.1: the same recipe rendered the same prompts
     shard_path(old, 1, 2).unlink()
-    generate(trace_config(r1_teacher, old), log=lambda *_: None)
+    generate(trace_config(r1_teacher, old))
     assert read_info(old).prompt_render == RENDER and read_info(old).schema_version == "1.1"
     assert len(load_trace_dataset(str(old), False, None, AutoTokenizer.from_pretrained(student_dir))[0]) == 12
 
@@ -147,8 +147,7 @@ def test_unusable_student_templates_and_settings_are_refused(tmp_path, trace_dir
         load_trace_dataset(str(trace_dir), False, None, tokenizer)
     # traces whose teacher did not open <think>, for a student whose template does
     plain = generate(
-        generate_config(tiny_model_dir, tmp_path / "plain", backend="transformers", num_prompts=2),
-        log=lambda *_: None,
+        generate_config(tiny_model_dir, tmp_path / "plain", backend="transformers", num_prompts=2)
     )
     tokenizer.chat_template = R1_TEMPLATE
     with pytest.raises(ValueError, match="opens <think> but the teacher's prompts do not"):

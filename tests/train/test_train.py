@@ -8,6 +8,7 @@ vocabulary test relies on.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -23,13 +24,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import ModelConfig, get_peft_config
 
-from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.recipe import RecipeError, parse_recipe
 from reasondistill.core.traces import read_topk
 from reasondistill.generate.generate import generate
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import TopKCollator, load_trace_dataset
 from reasondistill.train.distill_trainer import DistillTrainer
-from reasondistill.train.losses import distillation_loss_from_logits
+from reasondistill.train.losses import LossSettings, distillation_loss_from_logits
+from reasondistill.train.on_policy import TransformersSampler
 from reasondistill.train.train import MERGED_DIR, RECIPE_FILE, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ def trace_dir(tmp_path_factory, tiny_model_dir):
     config = generate_config(
         tiny_model_dir, out, backend="transformers", num_prompts=12, shard_size=6, batch_prompts=6
     )
-    return generate(config, log=lambda *_: None)
+    return generate(config)
 
 
 def recipe(tmp_path: Path, student: Path, traces: Path, **overrides) -> Path:
@@ -119,6 +121,38 @@ def test_collator_aligns_stored_topk_with_labels(trace_dir, tiny_model_dir):
     assert (cut["labels"][0] != -100).sum() == 2
 
 
+def test_config_choices_are_checked_and_build_the_loss_settings(tmp_path, trace_dir, tiny_model_dir):
+    """Enum-like fields are Literal types (a recipe gets the choices in its error), and the loss settings
+    are built from the config field by field."""
+    with pytest.raises(RecipeError, match="on_policy_teacher_backend' expects one of 'transformers', 'vllm'"):
+        parse_recipe(
+            recipe(tmp_path, tiny_model_dir, trace_dir, on_policy_teacher_backend="vLLM"),
+            (ModelConfig, DistillConfig),
+        )
+    with pytest.raises(ValueError, match="divergence='generalized_jsd' is not one of"):
+        DistillConfig(traces=str(trace_dir), output_dir=str(tmp_path), divergence="generalized_jsd")
+    loss = dict(beta=0.2, alpha=0.3, temperature=1.5, tail=False, tail_floor=1e-5)
+    loss |= dict(ce_weight=0.25, kd_weight=2.0)
+    args = DistillConfig(
+        traces=str(trace_dir), output_dir=str(tmp_path), divergence="skew_reverse_kl", **loss
+    )
+    expected = LossSettings(divergence_kind="skew_reverse_kl", gen_temperature=0.7, **loss)
+    assert args.loss_settings(gen_temperature=0.7) == expected
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        expected.beta = 0.5
+
+
+def test_module_entry_point_logs_at_the_requested_level(tmp_path, trace_dir, tiny_model_dir):
+    """`python -m reasondistill.train` logs at info by default, and `--log_level warning` quiets it."""
+    path = recipe(tmp_path, tiny_model_dir, trace_dir, max_steps=1)
+    for extra, shown in (([], True), (["--log_level", "warning"], False)):
+        command = [sys.executable, "-m", "reasondistill.train", str(path), *extra]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert ("distilling" in done.stdout) == shown, done.stdout[-2000:]
+    assert "log_level: warning" in (tmp_path / "out" / RECIPE_FILE).read_text()  # TrainingArguments' too
+
+
 def test_student_with_smaller_embedding_masks_padding_ids(trace_dir, demo_tokenizer):
     """Qwen2.5-0.5B (151936 rows) under a 7B teacher (152064): ids past the student's rows go to the tail."""
     dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
@@ -169,9 +203,12 @@ def test_trainer_loss_equals_reference_on_full_logits(tmp_path, trace_dir, tiny_
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     collator = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)
     trainer = DistillTrainer(model=model, args=args, data_collator=collator, train_dataset=dataset)
-    batch = collator([dataset[i] for i in range(4)])
     trainer.model.train()  # the model has no dropout; train mode logs under "train"
-    loss = trainer.compute_loss(trainer.model, dict(batch))
+    # as Trainer runs a step: the batch's token counts first, then the loss of its (one) micro-batch
+    (batch,), num_items = trainer.get_batch_samples(
+        iter([collator([dataset[i] for i in range(4)])]), 1, trainer.args.device
+    )
+    loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=num_items)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     reference = distillation_loss_from_logits(
@@ -179,9 +216,7 @@ def test_trainer_loss_equals_reference_on_full_logits(tmp_path, trace_dir, tiny_
         batch["labels"][:, 1:],
         batch["topk_ids"][:, 1:],
         batch["topk_logprobs"][:, 1:].double(),
-        temperature=2.0,
-        ce_weight=0.7,
-        kd_weight=1.3,
+        settings=LossSettings(temperature=2.0, ce_weight=0.7, kd_weight=1.3),
     )
     torch.testing.assert_close(loss.double(), reference.total, atol=1e-5, rtol=1e-5)
     assert trainer._metrics["train"]["ce"][-1] == pytest.approx(reference.ce.item(), rel=1e-5)
@@ -189,8 +224,11 @@ def test_trainer_loss_equals_reference_on_full_logits(tmp_path, trace_dir, tiny_
 
 
 def test_gradient_accumulation_is_exact(tmp_path, trace_dir, tiny_model_dir):
-    """One step of batch 4 == one step of 2 micro-batches of 2: the loss is per token of the whole batch."""
-    common = dict(max_steps=1, optim="sgd", ce_weight=0.5, kd_weight=1.0)
+    """One step of batch 4 == one step of 2 micro-batches of 2: the loss is per token of the whole batch,
+    and so are the logged terms (not means of micro-batch means), so loss = 0.5 ce + 1.0 kd in the log."""
+    # max_length cuts the completions after prompts of 28 to 49 tokens: micro-batches of unequal token
+    # counts, whose mean of per-micro-batch means is not the whole batch's per-token mean
+    common = dict(max_steps=1, optim="sgd", ce_weight=0.5, kd_weight=1.0, max_length=56)
     whole = run(recipe(tmp_path, tiny_model_dir, trace_dir, output_dir=str(tmp_path / "a"), **common))
     parts = run(
         recipe(
@@ -204,6 +242,13 @@ def test_gradient_accumulation_is_exact(tmp_path, trace_dir, tiny_model_dir):
         )
     )
     assert_same_weights(whole, parts, atol=1e-6)
+    (whole_log,), (parts_log,) = (
+        [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "kd" in h]
+        for out in (whole, parts)
+    )
+    for key in ("loss", "ce", "kd"):
+        assert parts_log[key] == pytest.approx(whole_log[key], rel=1e-5), key
+    assert parts_log["loss"] == pytest.approx(0.5 * parts_log["ce"] + 1.0 * parts_log["kd"], rel=1e-6)
     assert not torch.equal(
         weights(whole)["model.norm.weight"],
         load_file(tiny_model_dir / "model.safetensors")["model.norm.weight"],
@@ -434,9 +479,10 @@ def test_transformers_sampling_in_chunks_gives_each_prompt_its_own_completion(
     with torch.no_grad():  # larger random weights, so that greedy completions depend on the prompt
         for weight in student.parameters():
             weight.normal_(0, 0.5, generator=generator)
-    in_chunks = trainer.student_sampler.sample(student, prompts, seed=0)
-    trainer.args.on_policy_generation_batch_size = 1
-    alone = trainer.student_sampler.sample(student, prompts, seed=0)
+    sampler = trainer.student_sampler
+    in_chunks = sampler.sample(student, prompts, seed=0)
+    one_at_a_time = dataclasses.replace(sampler.sampling, generation_batch_size=1)
+    alone = TransformersSampler(one_at_a_time, sampler.pad_token_id).sample(student, prompts, seed=0)
     assert in_chunks == alone and len(set(map(tuple, alone))) == 5
     with pytest.raises(ValueError, match="on_policy_generation_batch_size must be >= 1"):
         on_policy_trainer(
@@ -449,7 +495,6 @@ def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transforme
     tmp_path, trace_dir, tiny_model_dir, other_teacher_dir
 ):
     """vLLM samples with the adapter as it is now (hot-loaded every step) and scores with prompt_logprobs."""
-    from reasondistill.train.on_policy import TransformersSampler
     from reasondistill.train.vllm_sampling import VllmLoraSampler
 
     trainer, offline, (model_args, args) = on_policy_trainer(
@@ -466,7 +511,7 @@ def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transforme
     assert isinstance(trainer.student_sampler, VllmLoraSampler)
     student = trainer.accelerator.unwrap_model(trainer.model)
     prompts = [offline["input_ids"][b, :n].tolist() for b, n in enumerate(offline["prompt_lengths"].tolist())]
-    reference = TransformersSampler(args, pad_token_id=0)
+    reference = TransformersSampler(args.student_sampling(), pad_token_id=0)
     try:
         samples = []
         for seed in (1, 2):  # a new adapter each time: vLLM must follow it, not keep the first one
@@ -496,7 +541,6 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
 ):
     """vLLM's copy of the student follows the training weights (full, or LoRA merged as in several
     processes): its greedy completions equal transformers' after each change, and it trains."""
-    from reasondistill.train.on_policy import TransformersSampler
     from reasondistill.train.vllm_weight_sync import VllmWeightSyncSampler
 
     lora = {"use_peft": True, "lora_target_modules": ["q_proj", "v_proj", "up_proj"]} if use_peft else {}
@@ -513,13 +557,13 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
     student = trainer.accelerator.unwrap_model(trainer.model)
     if use_peft:
         trainer.student_sampler = VllmWeightSyncSampler(
-            student, args, trainer.accelerator, trainer.processing_class, max_model_len=512
+            student, args.student_sampling(), trainer.accelerator, trainer.processing_class, max_model_len=512
         )
         base = {n: w.clone() for n, w in student.named_parameters() if "lora_" not in n}
     assert isinstance(trainer.student_sampler, VllmWeightSyncSampler)
     dataset, _, _ = load_trace_dataset(str(trace_dir), False, None)
     prompts = [list(p) for p in dict.fromkeys(map(tuple, dataset["prompt_token_ids"]))][:4]
-    reference = TransformersSampler(args, pad_token_id=0)
+    reference = TransformersSampler(args.student_sampling(), pad_token_id=0)
     try:
         samples = []
         for seed in (1, 2):  # new weights each time: vLLM must follow them, not keep the first ones
@@ -538,8 +582,10 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
             assert synced.keys() == merged.keys()
             for name, weight in synced.items():
                 torch.testing.assert_close(weight, merged[name], atol=1e-6, rtol=0)
-        trainer.args.on_policy_temperature = 1.0  # a repeated prompt gets its own sample each time
-        repeated = trainer.student_sampler.sample(student, [prompts[0]] * 4, seed=0)
+        # at temperature 1 a repeated prompt gets its own sample each time
+        sampler = trainer.student_sampler
+        sampler.sampling = dataclasses.replace(sampler.sampling, temperature=1.0)
+        repeated = sampler.sample(student, [prompts[0]] * 4, seed=0)
         assert len(set(map(tuple, repeated))) > 1
         if not use_peft:
             trainer.args.max_steps = 2
@@ -570,7 +616,9 @@ def test_vllm_weight_sync_refuses_students_it_cannot_sync(tmp_path, tiny_model_d
     args = DistillConfig(output_dir=str(tmp_path), traces=str(tmp_path), use_cpu=True)
     for model, problem in ((four_bit, r"quantized \(QLoRA\) base"), (dora, "DoRA student")):
         with pytest.raises(ValueError, match=problem):
-            VllmWeightSyncSampler(model, args, Accelerator(cpu=True), None, max_model_len=512)
+            VllmWeightSyncSampler(
+                model, args.student_sampling(), Accelerator(cpu=True), None, max_model_len=512
+            )
 
 
 def test_on_policy_topk_must_match_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
@@ -624,7 +672,7 @@ def test_accelerate_two_processes_sample_on_policy_with_vllm(
 
 
 def launch_two_processes(recipe_path: Path, tmp_path: Path) -> None:
-    """`accelerate launch` of `reasondistill.train.train` on 2 CPU processes (DDP on gloo)."""
+    """`accelerate launch -m reasondistill.train` on 2 CPU processes (DDP on gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -633,7 +681,7 @@ def launch_two_processes(recipe_path: Path, tmp_path: Path) -> None:
         "--config_file",
         str(REPO / "recipes/accelerate/cpu_ddp.yaml"),
         "-m",
-        "reasondistill.train.train",
+        "reasondistill.train",
         str(recipe_path),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)

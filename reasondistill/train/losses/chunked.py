@@ -11,16 +11,22 @@ linear cross-entropy" idea of Liger-Kernel and Cut Cross-Entropy, applied to CE 
 
 The price: only `total` carries gradients; `ce` and `kd` are detached values (for logging), and the
 loss cannot be differentiated twice. Same value and gradients as `distill.distillation_loss_from_logits`
-on the full logits (tests/test_losses.py).
+on the full logits (tests/train/test_losses.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .distill import DistillLoss, checked_settings, denominators, token_loss_sums, token_masks
-from .divergences import DivergenceKind
-from .topk_targets import DEFAULT_TAIL_FLOOR
+from .distill import (
+    FORWARD_KL_ONLY,
+    DistillLoss,
+    LossSettings,
+    check_counts,
+    denominators,
+    token_loss_sums,
+    token_masks,
+)
 
 
 class _FusedChunkedLoss(torch.autograd.Function):
@@ -28,8 +34,8 @@ class _FusedChunkedLoss(torch.autograd.Function):
     computed chunk by chunk in the forward pass.
 
     Inputs: hidden rows h [n, H], weight [V, H], bias [V] | None, targets (labels [n], topk ids and
-    logprobs [n, K], kd_mask [n]), scales (ce_scale, kd_scale: 0-dim tensors), chunk_size, the loss
-    settings (dict) and whether gradients are wanted at all. Returns (total, ce_sum, kd_sum); only
+    logprobs [n, K], kd_mask [n]), scales (ce_scale, kd_scale: 0-dim tensors), chunk_size, the
+    LossSettings and whether gradients are wanted at all. Returns (total, ce_sum, kd_sum); only
     total is differentiable.
     """
 
@@ -46,7 +52,7 @@ class _FusedChunkedLoss(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             with torch.set_grad_enabled(any(wants)):
                 z = torch.nn.functional.linear(h[rows], weight, bias).detach().requires_grad_(any(wants))
-                ce, kd = token_loss_sums(z, *(t[rows] for t in targets), **settings)
+                ce, kd = token_loss_sums(z, *(t[rows] for t in targets), settings)
                 if any(wants):
                     (dz,) = torch.autograd.grad(ce_scale * ce + kd_scale * kd, z)  # [C, V]
                     dz = dz.to(weight.dtype)
@@ -82,15 +88,7 @@ def distillation_loss(
     target_mask: torch.Tensor | None = None,
     *,
     lm_head_bias: torch.Tensor | None = None,
-    divergence_kind: DivergenceKind = "forward_kl",
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    temperature: float = 1.0,
-    gen_temperature: float = 1.0,
-    tail: bool = True,
-    tail_floor: float = DEFAULT_TAIL_FLOOR,
-    ce_weight: float = 0.0,
-    kd_weight: float = 1.0,
+    settings: LossSettings = FORWARD_KL_ONLY,
     num_items_in_batch: int | torch.Tensor | None = None,
     num_kd_items_in_batch: int | torch.Tensor | None = None,
     chunk_size: int = 512,
@@ -112,7 +110,7 @@ def distillation_loss(
     `chunk_size` rows per chunk: peak ~ 7 [chunk_size, V] float32 (0.3 GB each at 512 x 152k) plus a
     float32 [V, H] gradient accumulator for the weight.
     """
-    settings, counts = checked_settings(locals())
+    check_counts(settings, num_items_in_batch, num_kd_items_in_batch)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     k = topk_ids.shape[-1]
@@ -126,10 +124,12 @@ def distillation_loss(
     h, lab, ids, lp, kdm = picked  # [n, H], [n], [n, K], [n, K], [n]
     # The denominators are known before the first chunk, so each chunk's gradient is final at once.
     like = torch.zeros((), dtype=torch.promote_types(lm_head_weight.dtype, torch.float32), device=h.device)
-    ce_denominator, kd_denominator = denominators(loss_mask, kd_mask, like, **counts)
+    ce_denominator, kd_denominator = denominators(
+        loss_mask, kd_mask, like, num_items_in_batch, num_kd_items_in_batch
+    )
     leaves = (hidden, lm_head_weight, lm_head_bias)
     grads = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in leaves)
-    scales = (ce_weight / ce_denominator, kd_weight / kd_denominator)
+    scales = (settings.ce_weight / ce_denominator, settings.kd_weight / kd_denominator)
     total, ce_sum, kd_sum = _FusedChunkedLoss.apply(
         h, lm_head_weight, lm_head_bias, (lab, ids, lp, kdm), scales, chunk_size, settings, grads
     )

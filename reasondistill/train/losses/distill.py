@@ -6,6 +6,7 @@ states without materialising [N, V] logits. Derivation, masks and denominators: 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -25,49 +26,52 @@ class DistillLoss(NamedTuple):
     kd: torch.Tensor  # T^2 * sum of per-token divergences / KD denominator
 
 
-def check_loss_args(
-    *,
-    divergence_kind: str,
-    beta: float,
-    alpha: float,
-    temperature: float,
-    gen_temperature: float,
-    tail_floor: float,
-    ce_weight: float,
-    kd_weight: float,
-    num_items_in_batch,
-    num_kd_items_in_batch,
-) -> None:
-    """Refuse settings the math does not support, with the reason."""
-    check_divergence_args(divergence_kind, beta, alpha)
-    if temperature <= 0 or gen_temperature <= 0:
-        raise ValueError(f"temperatures must be > 0, got {temperature=}, {gen_temperature=}")
-    if not 0.0 < tail_floor < 1.0:
-        raise ValueError(f"tail_floor must be in (0, 1), got {tail_floor}")
-    if ce_weight < 0 or kd_weight < 0 or ce_weight + kd_weight == 0:
-        raise ValueError(f"loss weights must be >= 0 and not both 0, got {ce_weight=}, {kd_weight=}")
-    if num_items_in_batch is not None and num_kd_items_in_batch is None and kd_weight != 0:
+@dataclass(frozen=True)
+class LossSettings:
+    """What the loss computes (docs/losses.md), checked once when built; the defaults are pure forward KL.
+
+    total = ce_weight * ce + kd_weight * kd, with kd = T^2 * mean divergence_kind(teacher || student)
+    on the top-k (+ tail) buckets at temperature T.
+    """
+
+    divergence_kind: DivergenceKind = "forward_kl"
+    beta: float = 0.5  # jsd only, TRL's direction: 0 = KL(teacher || student), 1 = KL(student || teacher)
+    alpha: float = 0.1  # skew kinds only (DistiLLM): 0 = the plain KL
+    temperature: float = 1.0  # T, the distillation temperature (the divergence is scaled by T^2)
+    gen_temperature: float = 1.0  # T_gen, what the stored logprobs reflect (1 for raw logprobs)
+    tail: bool = True  # the teacher's mass outside the top-k as one bucket (else renormalised over it)
+    tail_floor: float = DEFAULT_TAIL_FLOOR  # smallest tail-bucket probability, on both sides
+    ce_weight: float = 0.0
+    kd_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_divergence_args(self.divergence_kind, self.beta, self.alpha)
+        if self.temperature <= 0 or self.gen_temperature <= 0:
+            raise ValueError(
+                f"temperatures must be > 0, got temperature={self.temperature}, "
+                f"gen_temperature={self.gen_temperature}"
+            )
+        if not 0.0 < self.tail_floor < 1.0:
+            raise ValueError(f"tail_floor must be in (0, 1), got {self.tail_floor}")
+        if self.ce_weight < 0 or self.kd_weight < 0 or self.ce_weight + self.kd_weight == 0:
+            raise ValueError(
+                f"loss weights must be >= 0 and not both 0, got ce_weight={self.ce_weight}, "
+                f"kd_weight={self.kd_weight}"
+            )
+
+
+FORWARD_KL_ONLY = LossSettings()  # the loss functions' default
+
+
+def check_counts(settings: LossSettings, num_items_in_batch, num_kd_items_in_batch) -> None:
+    """Refuse a CE count without a KD count: gradient accumulation would be wrong for the KD term."""
+    if num_items_in_batch is not None and num_kd_items_in_batch is None and settings.kd_weight != 0:
         raise ValueError(
             "num_items_in_batch (loss tokens in the accumulated batch) is given but num_kd_items_in_batch "
             "is not: the KD term is normalised by the tokens WITH teacher targets in the whole accumulated "
             "batch, which transformers does not count; pass it (sum over the micro-batches of "
             "(labels != -100) & target_mask) so gradient accumulation stays exact"
         )
-
-
-SETTING_NAMES = (
-    "divergence_kind", "beta", "alpha", "temperature", "gen_temperature", "tail", "tail_floor",
-    "ce_weight", "kd_weight",
-)  # fmt: skip
-COUNT_NAMES = ("num_items_in_batch", "num_kd_items_in_batch")
-
-
-def checked_settings(arguments: dict) -> tuple[dict, dict]:
-    """(loss settings, global counts) picked from a loss function's arguments (its `locals()`), checked."""
-    settings = {name: arguments[name] for name in SETTING_NAMES}
-    counts = {name: arguments[name] for name in COUNT_NAMES}
-    check_loss_args(**{k: v for k, v in settings.items() if k != "tail"}, **counts)
-    return settings, counts
 
 
 def token_masks(
@@ -100,9 +104,8 @@ def denominators(
     loss_mask: torch.Tensor,
     kd_mask: torch.Tensor,
     like: torch.Tensor,
-    *,
-    num_items_in_batch,
-    num_kd_items_in_batch,
+    num_items_in_batch: int | torch.Tensor | None,
+    num_kd_items_in_batch: int | torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(CE denominator, KD denominator): the global token counts if given, else this call's."""
     return (
@@ -117,68 +120,47 @@ def token_loss_sums(
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
     kd_mask: torch.Tensor,
-    *,
-    divergence_kind: DivergenceKind,
-    beta: float,
-    alpha: float,
-    temperature: float,
-    gen_temperature: float,
-    tail: bool,
-    tail_floor: float,
-    ce_weight: float,
-    kd_weight: float,
+    settings: LossSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Un-normalised sums over rows: (sum_t CE_t, T^2 sum_{t in kd_mask} D_t), both scalars.
 
     `logits` [N, V] (any float dtype; half is upcast to float32), `labels` [N] (-100 = no loss),
     `topk_ids` [N, K], `topk_logprobs` [N, K], `kd_mask` [N] bool. CE is at temperature 1: the student's
-    own distribution on the teacher's sampled token. D_t is `divergence_kind` between the teacher's and
-    the student's (K+1)- or K-bucket distributions at temperature T. A term whose weight is 0 is not
-    computed and returned as 0.
+    own distribution on the teacher's sampled token. D_t is `settings.divergence_kind` between the
+    teacher's and the student's (K+1)- or K-bucket distributions at temperature T. A term whose weight is
+    0 is not computed and returned as 0.
     """
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # [N, V]
     zero = z.new_zeros(())
     # At T = 1 CE and the student's buckets share one log-softmax over V (one [N, V] pass, not two).
-    shared = bool(ce_weight and kd_weight) and temperature == 1.0
-    log_probs = F.log_softmax(z, dim=-1) if ce_weight else None  # [N, V]
-    ce_sum = F.nll_loss(log_probs, labels, ignore_index=IGNORE_INDEX, reduction="sum") if ce_weight else zero
-    if not kd_weight:
+    shared = bool(settings.ce_weight and settings.kd_weight) and settings.temperature == 1.0
+    log_probs = F.log_softmax(z, dim=-1) if settings.ce_weight else None  # [N, V]
+    ce_sum = zero
+    if settings.ce_weight:
+        ce_sum = F.nll_loss(log_probs, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if not settings.kd_weight:
         return ce_sum, zero
     valid = torch.isfinite(topk_logprobs)  # [N, K], trailing -inf ranks masked
     p = teacher_buckets(
         topk_logprobs.to(z.dtype),
-        gen_temperature=gen_temperature,
-        temperature=temperature,
-        tail=tail,
-        tail_floor=tail_floor,
+        gen_temperature=settings.gen_temperature,
+        temperature=settings.temperature,
+        tail=settings.tail,
+        tail_floor=settings.tail_floor,
     )  # [N, K(+1)]
     q = student_buckets(
         log_probs if shared else z,
         topk_ids,
-        temperature=temperature,
-        tail=tail,
+        temperature=settings.temperature,
+        tail=settings.tail,
         valid=valid,
-        tail_floor=tail_floor,
+        tail_floor=settings.tail_floor,
         log_normalized=shared,
     )
-    d = divergence(p, q, divergence_kind, beta=beta, alpha=alpha, mask=torch.isfinite(p))  # [N]
-    return ce_sum, temperature**2 * torch.where(kd_mask, d, 0.0).sum()
-
-
-def combine(
-    ce_sum: torch.Tensor,
-    kd_sum: torch.Tensor,
-    loss_mask: torch.Tensor,
-    kd_mask: torch.Tensor,
-    *,
-    ce_weight: float,
-    kd_weight: float,
-    **counts,
-) -> DistillLoss:
-    """Normalise the sums (CE by loss tokens, KD by tokens with targets) and weight them."""
-    ce_denominator, kd_denominator = denominators(loss_mask, kd_mask, ce_sum, **counts)
-    ce, kd = ce_sum / ce_denominator, kd_sum / kd_denominator
-    return DistillLoss(ce_weight * ce + kd_weight * kd, ce, kd)
+    d = divergence(
+        p, q, settings.divergence_kind, beta=settings.beta, alpha=settings.alpha, mask=torch.isfinite(p)
+    )  # [N]
+    return ce_sum, settings.temperature**2 * torch.where(kd_mask, d, 0.0).sum()
 
 
 def distillation_loss_from_logits(
@@ -188,15 +170,7 @@ def distillation_loss_from_logits(
     topk_logprobs: torch.Tensor,
     target_mask: torch.Tensor | None = None,
     *,
-    divergence_kind: DivergenceKind = "forward_kl",
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    temperature: float = 1.0,
-    gen_temperature: float = 1.0,
-    tail: bool = True,
-    tail_floor: float = DEFAULT_TAIL_FLOOR,
-    ce_weight: float = 0.0,
-    kd_weight: float = 1.0,
+    settings: LossSettings = FORWARD_KL_ONLY,
     num_items_in_batch: int | torch.Tensor | None = None,
     num_kd_items_in_batch: int | torch.Tensor | None = None,
 ) -> DistillLoss:
@@ -204,7 +178,8 @@ def distillation_loss_from_logits(
 
     Inputs are already aligned: `logits[b, t]` predicts `labels[b, t]`, and `topk_*[b, t]` is the
     teacher's top-k for that same token (the caller shifts). `target_mask` [B, T] bool: token has stored
-    targets (None: all). Returns DistillLoss(total, ce, kd) with
+    targets (None: all). `settings` say what is computed (divergence, temperatures, tail, weights).
+    Returns DistillLoss(total, ce, kd) with
 
         ce = sum_{labels != -100} CE_t / (num_items_in_batch or #loss tokens here)
         kd = T^2 sum_{t with targets} D_t / (num_kd_items_in_batch or #tokens with targets here)
@@ -214,11 +189,15 @@ def distillation_loss_from_logits(
     tokens; tokens with targets are counted by the caller), so that summing micro-batch losses gives
     the whole batch's loss. See module and docs/losses.md for the buckets and divergences.
     """
-    settings, counts = checked_settings(locals())
+    check_counts(settings, num_items_in_batch, num_kd_items_in_batch)
     k = topk_ids.shape[-1]
     logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)  # [N, V], [N]
     topk_ids, topk_logprobs = topk_ids.reshape(-1, k), topk_logprobs.reshape(-1, k)  # [N, K]
     mask = None if target_mask is None else target_mask.reshape(-1)
     loss_mask, kd_mask = token_masks(labels, topk_logprobs, mask)
-    ce_sum, kd_sum = token_loss_sums(logits, labels, topk_ids, topk_logprobs, kd_mask, **settings)
-    return combine(ce_sum, kd_sum, loss_mask, kd_mask, ce_weight=ce_weight, kd_weight=kd_weight, **counts)
+    ce_sum, kd_sum = token_loss_sums(logits, labels, topk_ids, topk_logprobs, kd_mask, settings)
+    ce_denominator, kd_denominator = denominators(
+        loss_mask, kd_mask, ce_sum, num_items_in_batch, num_kd_items_in_batch
+    )
+    ce, kd = ce_sum / ce_denominator, kd_sum / kd_denominator
+    return DistillLoss(settings.ce_weight * ce + settings.kd_weight * kd, ce, kd)

@@ -1,0 +1,50 @@
+"""Settings of the demo teacher's build (recipes/demo/teacher.yaml)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
+
+
+@dataclass
+class TeacherConfig:
+    """How the demo teacher is built. Changing any field builds a new teacher in a new directory."""
+
+    cache_dir: str = field(
+        default=".cache/reasondistill", metadata={"help": "Where built demo models are kept."}
+    )
+    size: ModelSizeName = field(
+        default="teacher", metadata={"help": f"Model shape, one of {sorted(MODEL_SIZES)}."}
+    )
+    levels: list[int] = field(
+        default_factory=lambda: [1, 2, 3],
+        metadata={"help": "Task difficulty levels to train and evaluate on."},
+    )
+    vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
+    train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
+    steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
+    batch_tokens: int = field(default=4096, metadata={"help": "Tokens per batch, padding included."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up, then cosine decay to 10%."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    eval_problems: int = field(
+        default=300, metadata={"help": "Held-out test problems for the accuracy check."}
+    )
+    eval_every: int = field(default=250, metadata={"help": "Steps between learning-curve evaluations."})
+    seed: int = field(default=0, metadata={"help": "Seeds data, initialisation and batching."})
+
+    def __post_init__(self) -> None:
+        if self.size not in MODEL_SIZES:  # Literal is not checked at runtime
+            raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
+        if self.steps < 1 or self.batch_tokens < 64 or self.train_problems < 1:
+            raise ValueError("steps, batch_tokens and train_problems must be positive (batch_tokens >= 64)")
+
+    def directory(self) -> Path:
+        """Cache directory keyed by every field that changes the result."""
+        key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        return Path(self.cache_dir) / f"demo-{self.size}-{digest}"
