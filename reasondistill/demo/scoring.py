@@ -57,11 +57,20 @@ def is_correct(text: str, problem: Problem) -> bool:
     return text.rstrip().endswith(f"\\boxed{{{problem.answer}}}.")
 
 
+def problem_scores(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[Problem]
+) -> tuple[list[float], list[float]]:
+    """Per problem, the exact match (1.0 or 0.0) and the step accuracy of the greedy completion."""
+    texts = greedy_completions(model, tokenizer, problems)
+    return [float(is_correct(t, p)) for t, p in zip(texts, problems, strict=True)], [
+        step_accuracy(t, p) for t, p in zip(texts, problems, strict=True)
+    ]
+
+
 def task_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: list[Problem]):
     """(exact-match accuracy, step accuracy) of greedy completions, averaged over problems."""
-    texts = greedy_completions(model, tokenizer, problems)
-    count = len(problems)
-    return sum(map(is_correct, texts, problems)) / count, sum(map(step_accuracy, texts, problems)) / count
+    correct, steps = problem_scores(model, tokenizer, problems)
+    return sum(correct) / len(problems), sum(steps) / len(problems)
 
 
 def _equations(text: str) -> list[tuple[int, str, int, int]]:

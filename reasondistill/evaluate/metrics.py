@@ -10,6 +10,10 @@ confidence interval. Per-problem scores:
   a correct answer. Samples vote for their answer class (equivalent answers form one class, samples
   with no answer abstain); a tie between the correct class and t others earns 1/(t+1), the expected
   score of breaking the tie at random. maj@n is the plain majority vote over all samples.
+
+Comparing training methods over several seeds, `seed_problem_bootstrap` resamples both seeds and
+problems; given the per-problem differences of two methods (same seeds, same problems) it is the paired
+interval of their difference.
 """
 
 from __future__ import annotations
@@ -80,6 +84,33 @@ def bootstrap_ci(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def seed_problem_bootstrap(
+    scores: np.ndarray | Sequence[Sequence[float]], seed: int, resamples: int = 10_000, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, low, high) of per-problem scores [seeds, problems]: a percentile bootstrap that draws
+    seeds with replacement and, independently, problems with replacement, and averages the [drawn seeds x
+    drawn problems] block. Both sources of spread count: a run's luck (seed) and the test set's (problems).
+
+    For a paired comparison pass `a - b`, the per-problem differences of two methods trained with the same
+    seeds and scored on the same problems: every resample keeps each pair together.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(
+            f"seed_problem_bootstrap needs a non-empty [seeds, problems] array, got {values.shape}"
+        )
+    runs, problems = values.shape
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for i in range(resamples):  # [runs, problems] per draw: small next to one training run
+        drawn_runs = rng.integers(0, runs, size=runs)
+        drawn_problems = rng.integers(0, problems, size=problems)
+        means[i] = values[np.ix_(drawn_runs, drawn_problems)].mean()
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
 
 
 def k_values(n: int) -> list[int]:

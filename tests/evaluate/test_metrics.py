@@ -8,7 +8,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from reasondistill.evaluate.metrics import bootstrap_ci, k_values, majority_at_k, pass_at_k
+from reasondistill.evaluate.metrics import (
+    bootstrap_ci,
+    k_values,
+    majority_at_k,
+    pass_at_k,
+    seed_problem_bootstrap,
+)
 
 
 def brute_pass_at_k(correct: list[bool], k: int) -> Fraction:
@@ -129,3 +135,32 @@ def test_k_values():
     assert k_values(1) == [1]
     assert k_values(4) == [1, 2, 4]
     assert k_values(6) == [1, 2, 4, 6]
+
+
+def test_seed_problem_bootstrap_matches_the_enumerated_distribution():
+    """2 seeds x 3 problems: all 2^2 x 3^3 equally likely (seed draw, problem draw) pairs enumerated; the
+    bootstrap's percentiles must sit on the exact distribution's."""
+    scores = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    exact = sorted(
+        scores[np.ix_(runs, problems)].mean()
+        for runs in itertools.product(range(2), repeat=2)
+        for problems in itertools.product(range(3), repeat=3)
+    )
+    mean, low, high = seed_problem_bootstrap(scores, seed=0, resamples=40_000)
+    assert mean == pytest.approx(0.5)
+    assert low == pytest.approx(np.percentile(exact, 2.5), abs=0.02)
+    assert high == pytest.approx(np.percentile(exact, 97.5), abs=0.02)
+
+
+def test_seed_problem_bootstrap_counts_seed_spread_and_pairs_differences():
+    rng = np.random.default_rng(0)
+    problems = rng.random(200) < 0.5
+    steady = np.tile(problems, (3, 1)).astype(float)  # three seeds that agree
+    shifted = steady + np.array([[0.0], [0.3], [-0.3]])  # the same test set, seeds that disagree
+    _, low, high = seed_problem_bootstrap(steady, seed=1, resamples=2000)
+    _, low_shifted, high_shifted = seed_problem_bootstrap(shifted, seed=1, resamples=2000)
+    assert high_shifted - low_shifted > high - low  # seed spread widens the interval
+    # paired: a method that is exactly 0.1 better on every problem of every seed differs by 0.1, no spread
+    assert seed_problem_bootstrap(shifted + 0.1 - shifted, seed=1, resamples=500) == pytest.approx((0.1,) * 3)
+    with pytest.raises(ValueError, match="seeds, problems"):
+        seed_problem_bootstrap([1.0, 0.0], seed=0)
