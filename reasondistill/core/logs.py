@@ -16,6 +16,7 @@ import sys
 import warnings
 from typing import Literal
 
+import datasets
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -43,9 +44,13 @@ QUIET_MESSAGES = {
     # an engine process slow to exit on a busy machine is stopped at close
     "vllm.v1.utils": ("[shutdown] Process manager: force killing",),
 }
-# The same for Python warnings, as (category, module): torch's deprecation of `torch.distributed.reduce_op`,
-# met by vLLM's scan of every module for Triton kernels.
-QUIET_WARNINGS = [(FutureWarning, "vllm.triton_utils.dispatcher")]
+# The same for Python warnings, as (category, module, message start): torch's deprecation of
+# `torch.distributed.reduce_op`, met by vLLM's scan of every module for Triton kernels; and the Trainer's
+# default `dataloader_pin_memory` on a machine without an accelerator (pinning is a no-op there).
+QUIET_WARNINGS = [
+    (FutureWarning, "vllm.triton_utils.dispatcher", ""),
+    (UserWarning, "torch.utils.data.dataloader", "'pin_memory' argument is set as true but no accelerator"),
+]
 
 
 class QuietMessages(logging.Filter):
@@ -55,14 +60,21 @@ class QuietMessages(logging.Filter):
         return not str(record.msg).startswith(QUIET_MESSAGES.get(record.name, ()))
 
 
+_QUIET_MESSAGES_FILTER = QuietMessages()
+
+
+def drop_quiet_messages() -> None:
+    """Attach the QUIET_MESSAGES filter to its loggers and install the QUIET_WARNINGS filters (idempotent)."""
+    for name in QUIET_MESSAGES:
+        logging.getLogger(name).addFilter(_QUIET_MESSAGES_FILTER)
+    for category, module, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", re.escape(message), category, re.escape(module))
+
+
 # Dropped from the moment this module is imported, not from `setup_logging` on: some are logged while
 # bitsandbytes or vLLM is imported, and vLLM's engine processes are spawned, so they import the entry point's
 # modules (this one among them) and then vLLM's, but never call `setup_logging`.
-_QUIET_MESSAGES_FILTER = QuietMessages()
-for _name in QUIET_MESSAGES:
-    logging.getLogger(_name).addFilter(_QUIET_MESSAGES_FILTER)
-for _category, _module in QUIET_WARNINGS:
-    warnings.filterwarnings("ignore", category=_category, module=re.escape(_module))
+drop_quiet_messages()
 
 
 def process_rank() -> int:
@@ -91,15 +103,18 @@ def setup_logging(level: LogLevel | str = "info") -> None:
 
 
 def quiet_third_party(debug: bool = False) -> None:
-    """QUIET_LOGGERS at their level and transformers' bars for loading and saving each model off; with
-    `debug`, all of them on. `setup_logging` calls it; a spawned worker process calls it itself."""
+    """QUIET_LOGGERS at their level, transformers' bars for loading and saving each model and datasets'
+    bars for each split, filter and map off; with `debug`, all of them on. `setup_logging` calls it; a
+    spawned worker process calls it itself."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if debug else "WARNING")  # read as an engine starts
     for name, quiet_level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.NOTSET if debug else quiet_level)
     if debug:
         hf_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
     else:
         hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
 
 
 def progress_bar(logger: logging.Logger, **settings) -> tqdm:

@@ -47,3 +47,26 @@ def test_setup_logging_writes_our_messages_and_progress_bars_follow_the_level(ca
         root.setLevel(level)
         if hf_bars:
             hf_logging.enable_progress_bar()
+
+
+def test_bars_and_warnings_users_cannot_act_on_are_off_and_others_still_show():
+    import warnings
+
+    import datasets
+
+    from reasondistill.core.logs import drop_quiet_messages, quiet_third_party
+
+    was_on = datasets.is_progress_bar_enabled()
+    try:
+        quiet_third_party()
+        assert not datasets.is_progress_bar_enabled()  # no "Map: 100%" bar per trace dataset load
+        quiet_third_party(debug=True)
+        assert datasets.is_progress_bar_enabled()
+    finally:
+        (datasets.enable_progress_bars if was_on else datasets.disable_progress_bars)()
+    with warnings.catch_warnings(record=True) as caught:
+        drop_quiet_messages()  # as importing core.logs does (pytest resets warning filters per test)
+        for message in ("'pin_memory' argument is set as true but no accelerator is found", "another"):
+            module = "torch.utils.data.dataloader"
+            warnings.warn_explicit(message, UserWarning, "dataloader.py", 1, module=module)
+    assert [str(w.message) for w in caught] == ["another"]
