@@ -16,7 +16,6 @@ import sys
 import warnings
 from typing import Literal
 
-import datasets
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
@@ -106,6 +105,8 @@ def quiet_third_party(debug: bool = False) -> None:
     """QUIET_LOGGERS at their level, transformers' bars for loading and saving each model and datasets'
     bars for each split, filter and map off; with `debug`, all of them on. `setup_logging` calls it; a
     spawned worker process calls it itself."""
+    import datasets  # here, not at the top: `reasondistill --help` need not load pyarrow
+
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if debug else "WARNING")  # read as an engine starts
     for name, quiet_level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.NOTSET if debug else quiet_level)
