@@ -53,7 +53,7 @@ def test_help_with_a_recipe_shows_its_values_and_a_missing_recipe_is_refused(tmp
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--config RECIPE.yaml" in result.stdout  # the usage line names both forms
     max_steps = result.stdout[result.stdout.index("--max_steps MAX_STEPS, --max-steps") :][:400]
-    assert "(default: 200)" in " ".join(max_steps.split())  # the recipe's value, not TRL's -1
+    assert "(default: 1000)" in " ".join(max_steps.split())  # the recipe's value, not TRL's -1
     result = run_cli("train")
     assert result.returncode == 2 and "reasondistill train: error: a recipe is required" in result.stderr
 

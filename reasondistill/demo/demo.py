@@ -5,13 +5,14 @@ to the stage's command) and reads the previous stage's artifact from disk:
 
 1. teacher.yaml  -> build (or reuse) the demo teacher            -> model directory
 2. generate.yaml -> sample verified traces from it with vLLM     -> trace dataset
-3. students.yaml + train.yaml -> SFT-only and CE + KD students, several seeds, scored on held-out
+3. students.yaml + train.yaml -> one student per method and seed (SFT-only, CE + KD, ...), scored on held-out
    problems and held-out teacher traces                         -> model directories + summary.json
-4. quantize.yaml -> the first seed's KD student as GGUF 4-bit and NF4, measured -> artifacts + table
+4. quantize.yaml -> the best student as GGUF 4-bit and NF4, measured -> artifacts + table
 5. pdq.yaml (+ prune.yaml, train.yaml, quantize.yaml) -> the teacher pruned, distilled back on its
    traces and quantized, measured after each step                 -> model directories + table
-6. one greedy evaluation report of all of them: teacher, SFT and KD students, the pruned and
-   distilled teacher, and their 4-bit artifacts                   -> report (Markdown + plots)
+6. one greedy evaluation report of all of them: teacher, the baseline and best students, the pruned and
+   distilled teacher, and their 4-bit artifacts, with the two students' per-token divergence from
+   the teacher                                                     -> report (Markdown + plots)
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
 from reasondistill.core.traces import trace_totals
 from reasondistill.demo.scoring import task_scores
-from reasondistill.demo.students import summary_table, train_students
+from reasondistill.demo.students import best_student, summary_table, train_students
 from reasondistill.demo.students_config import StudentsConfig
 from reasondistill.demo.teacher import BUILD_INFO_FILE, load_teacher, train_teacher
 from reasondistill.demo.teacher_config import TeacherConfig
+from reasondistill.evaluate.benchmark_specs import load_benchmark
 from reasondistill.evaluate.evaluate import evaluate_models
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec
+from reasondistill.evaluate.token_divergence import DivergenceSettings, divergence_report
 from reasondistill.generate.generate import generate
 from reasondistill.generate.generate_config import GenerateConfig
 
@@ -101,9 +104,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         + ["--output_dir", str(Path(generate_config.output_dir).parent / f"{teacher_dir.name}-heldout")],
     )
     heldout_dir = generate(heldout_config)
-    results = train_students(
-        students_config, recipe_path.parent / "train.yaml", teacher_dir, traces_dir, heldout_dir
-    )
+    results = train_students(students_config, recipe_path.parent, teacher_dir, traces_dir, heldout_dir)
     teacher, tokenizer = load_teacher(teacher_dir)
     problems = generate_problems("test", students_config.test_problems, students_config.test_levels, seed=1)
     teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
@@ -117,13 +118,15 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"  details: {students_dir / 'summary.json'}"
     )
 
-    first = students_config.seeds[0]
-    student = {r.method: Path(r.directory) for r in results if r.seed == first}
-    logger.info(f"[4/6] compressing the KD student (seed {first}) ({recipe_path.parent}/quantize.yaml)")
+    best, baseline = best_student(results), results[0]  # the first method's first seed
+    logger.info(
+        f"[4/6] compressing the best student, {best.method} seed {best.seed} "
+        f"({recipe_path.parent}/quantize.yaml)"
+    )
     (quantize_config,) = parse_recipe(
         recipe_path.parent / "quantize.yaml",
         (QuantizeConfig,),
-        ["--model", str(student["kd"])],
+        ["--model", best.directory],
     )
     quantize_config.output_dir = str(Path(quantize_config.output_dir) / teacher_dir.name)
     reference, artifacts = build_artifacts(quantize_config)
@@ -143,17 +146,28 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     logger.info(format_chain(chain))
 
     logger.info(f"[6/6] report: greedy, {quantize_config.num_problems} {quantize_config.benchmark} problems")
-    # the teacher was scored in stage 5 with the same settings; only the SFT student is new here
-    (sft,) = evaluate_models(
-        [ModelSpec(str(student["sft"]), "student-sft")],
+    # the teacher was scored in stage 5 with the same settings; only the baseline student is new here
+    (baseline_result,) = evaluate_models(
+        [ModelSpec(baseline.directory, f"student-{baseline.method}")],
         [quantize_config.benchmark],
         accuracy_config(quantize_config, reference),
     )
+    name = f"student-{best.method}"
     for result in compressed:
-        result.model = "student-kd" if result.model == REFERENCE else f"student-kd {result.model}"
+        result.model = name if result.model == REFERENCE else f"{name} {result.model}"
+    report_dir = Path(quantize_config.output_dir) / "report"
+    # where the baseline and the best student part from the teacher, token by token
+    divergence = divergence_report(
+        [ModelSpec(baseline.directory, baseline_result.model), ModelSpec(best.directory, name)],
+        str(teacher_dir),
+        [load_benchmark(quantize_config.benchmark)],
+        report_dir,
+        DivergenceSettings(),  # 4 pictured solutions, kinds over 50 problems,
+    )
     report = write_report(
-        [*chain_results[:1], sft, *compressed, *chain_results[1:]],
-        Path(quantize_config.output_dir) / "report",
+        [*chain_results[:1], baseline_result, *compressed, *chain_results[1:]],
+        report_dir,
+        sections=[divergence],
     )
     logger.info(f"{format_table(rows)}\n{format_chain(chain)}\nreport: {report}")
     return 0

@@ -1,13 +1,17 @@
-"""The demo's distillation experiment: SFT-only vs CE + KD students, same budget, several seeds.
+"""The demo's distillation experiment: methods x seeds from one start, same recipe and budget.
 
-Every student starts from the same random initialisation for a given seed and trains with the same
-`reasondistill train` recipe (recipes/demo/train.yaml); the methods differ only in `kd_weight`
-(0 = sequence-level CE on the teacher's traces only). Each is scored on held-out problems (exact
-match and step accuracy, demo/scoring.py) and on held-out teacher traces (CE and KD).
+For a given seed every method starts from the same model (`StudentsConfig.start`: a random
+initialisation, the cached base student, or the pruned teacher) and trains with the same
+`reasondistill train` recipe (recipes/demo/train.yaml) plus the few fields the method overrides (e.g.
+`kd_weight: 0` = sequence-level CE on the teacher's traces only); a method may continue another's
+student (`after`). Each is scored on held-out problems (exact match and step accuracy,
+demo/scoring.py) and on held-out teacher traces (CE and KD), and its compute is read from the run's
+compute.json.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
@@ -18,15 +22,19 @@ import numpy as np
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig
 
+from reasondistill.chains.pdq import prune_step
+from reasondistill.compress.prune_config import PruneConfig
 from reasondistill.core.arithmetic_task import generate_problems
 from reasondistill.core.markdown_table import markdown_table
 from reasondistill.core.recipe import parse_recipe
+from reasondistill.demo.base_student import build_base_student
+from reasondistill.demo.base_student_config import BaseStudentConfig
 from reasondistill.demo.factory import save_initial_model
 from reasondistill.demo.scoring import heldout_loss, problem_scores
-from reasondistill.demo.students_config import StudentsConfig
+from reasondistill.demo.students_config import AFTER, StudentsConfig
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.train import train_unless_done
+from reasondistill.train.train import COMPUTE_FILE, train_unless_done
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,10 @@ SUMMARY_HEADER = (
     "step accuracy ± sd [95% CI]",
     "held-out CE",
     "held-out KD",
+    "train s",
+    "student tokens",
+    "sampling s",
+    "scoring s",
 )
 BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES = 0, 2000
 
@@ -50,42 +62,74 @@ class StudentResult:
     step_accuracy: float
     heldout_ce: float
     heldout_kd: float
-    train_seconds: float
+    train_seconds: float  # the whole `train_unless_done` call (0-ish when a finished run was reused)
+    # compute.json of the run (distill_trainer.TrainingCompute), with the runs it continues added
+    compute: dict[str, float]
     # per held-out problem, in a fixed order shared by every student (paired comparisons)
     problem_correct: list[float] = field(repr=False)
     problem_steps: list[float] = field(repr=False)
 
 
+def override_arguments(fields: dict[str, object]) -> list[str]:
+    """`{kd_weight: 0.0, tail: false}` -> ["--kd_weight", "0.0", "--tail", "false"] (scalars only)."""
+    return [
+        text
+        for key, value in fields.items()
+        for text in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
+    ]
+
+
+def start_model(
+    config: StudentsConfig, recipe_dir: Path, teacher_dir: Path, tokenizer, root: Path, seed: int
+) -> Path:
+    """The model every method of `seed` starts from (built or reused)."""
+    if config.start == "random":
+        init = root / f"init-{config.size}-seed{seed}"
+        save_initial_model(config.size, tokenizer, init, seed)
+        return init
+    if config.start == "base":
+        (base_config,) = parse_recipe(recipe_dir / "base_student.yaml", (BaseStudentConfig,))
+        return build_base_student(base_config, teacher_dir)
+    overrides = ["--model", str(teacher_dir), "--output_dir", str(root / "start-pruned")]
+    (prune_config,) = parse_recipe(
+        recipe_dir / "prune.yaml", (PruneConfig,), overrides + override_arguments(config.prune)
+    )
+    prune_step(prune_config)
+    return Path(prune_config.output_dir)
+
+
 def train_students(
     config: StudentsConfig,
-    train_recipe: Path,
+    recipe_dir: Path,
     teacher_dir: Path,
     traces_dir: Path,
     heldout_dir: Path,
 ) -> list[StudentResult]:
-    """Train and score one student per (method, seed); reuses finished runs of identical settings."""
+    """Train and score one student per (method, seed), recipes from `recipe_dir` (train.yaml and the
+    start's recipe); reuses finished runs of identical settings."""
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     problems = generate_problems("test", config.test_problems, config.test_levels, seed=1)
-    root = Path(config.output_dir) / teacher_dir.name
+    root = Path(config.output_dir) / teacher_dir.name / config.start
     results = []
     for seed in config.seeds:
-        init = root / f"init-{config.size}-seed{seed}"
-        save_initial_model(config.size, tokenizer, init, seed)
-        for method, kd_weight in config.kd_weights.items():
+        start = start_model(config, recipe_dir, teacher_dir, tokenizer, root, seed)
+        done: dict[str, StudentResult] = {}
+        for method, fields in config.methods.items():
+            fields = dict(fields)
+            after = done.get(fields.pop(AFTER, None))
             out = root / f"{method}-seed{seed}"
-            overrides = [
-                "--model_name_or_path",
-                str(init),
-                "--traces",
-                str(traces_dir),
-                "--output_dir",
-                str(out),
-            ]
-            overrides += ["--seed", str(seed), "--kd_weight", str(kd_weight)]
-            model_args, args = parse_recipe(train_recipe, (ModelConfig, DistillConfig), overrides)
-            start = time.time()
+            overrides = ["--model_name_or_path", str(after.directory if after else start)]
+            overrides += ["--traces", str(traces_dir), "--output_dir", str(out), "--seed", str(seed)]
+            overrides += override_arguments(fields)
+            model_args, args = parse_recipe(
+                recipe_dir / "train.yaml", (ModelConfig, DistillConfig), overrides
+            )
+            began = time.time()
             train_unless_done(model_args, args)
-            seconds = time.time() - start
+            seconds = time.time() - began
+            compute = json.loads((out / COMPUTE_FILE).read_text())
+            if after:  # a chained method's compute includes what its start cost
+                compute = {key: value + after.compute[key] for key, value in compute.items()}
             model = AutoModelForCausalLM.from_pretrained(out)
             correct, steps = problem_scores(model, tokenizer, problems)
             heldout = heldout_loss(model, str(heldout_dir))
@@ -98,18 +142,31 @@ def train_students(
                 heldout_ce=heldout.ce,
                 heldout_kd=heldout.kd,
                 train_seconds=round(seconds, 1),
+                compute=compute,
                 problem_correct=correct,
                 problem_steps=steps,
             )
             logger.info("  %s seed %d: %s", method, seed, repr(result))
+            done[method] = result
             results.append(result)
     return results
 
 
+def best_student(results: list[StudentResult]) -> StudentResult:
+    """The best seed's student of the method with the best mean exact match over its seeds."""
+    by_method: dict[str, list[StudentResult]] = {}
+    for result in results:
+        by_method.setdefault(result.method, []).append(result)
+    runs = max(by_method.values(), key=lambda runs: statistics.fmean(r.accuracy for r in runs))
+    return max(runs, key=lambda r: r.accuracy)
+
+
 def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher_steps: float) -> str:
     """Markdown table: per method the mean ± sd over seeds of every measure, with a 95% interval over
-    seeds and problems for the per-problem ones; then each method against the first, paired by seed and
-    problem (the interval of the difference, `seed_problem_bootstrap`)."""
+    seeds and problems for the per-problem ones, and the mean compute per student (training seconds on
+    this machine, label tokens trained, on-policy sampling and scoring seconds; a chained method counts
+    its start's too); then each method against the first, paired by seed and problem (the interval of
+    the difference, `seed_problem_bootstrap`)."""
 
     def spread(values: list[float], percent: bool) -> str:
         mean = statistics.fmean(values)
@@ -126,7 +183,15 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
         )
         return f"{100 * mean:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
 
-    rows: list[list[object]] = [["teacher", "-", f"{teacher_accuracy:.1%}", f"{teacher_steps:.1%}", "-", "-"]]
+    def mean_compute(runs: list[StudentResult], key: str) -> str:
+        value = statistics.fmean(r.compute[key] for r in runs)
+        return f"{value:,.0f}"
+
+    compute_keys = ("train_seconds", "student_tokens", "student_sampling_seconds", "teacher_scoring_seconds")
+    dashes = ["-"] * len(compute_keys)
+    rows: list[list[object]] = [
+        ["teacher", "-", f"{teacher_accuracy:.1%}", f"{teacher_steps:.1%}", "-", "-", *dashes]
+    ]
     by_method = {
         method: [r for r in results if r.method == method]
         for method in dict.fromkeys(r.method for r in results)
@@ -140,6 +205,7 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
                 spread([r.step_accuracy for r in runs], True) + interval([r.problem_steps for r in runs]),
                 spread([r.heldout_ce for r in runs], False),
                 spread([r.heldout_kd for r in runs], False),
+                *(mean_compute(runs, key) for key in compute_keys),
             ]
         )
     baseline, *others = by_method
@@ -153,6 +219,7 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
                 difference([r.problem_steps for r, _ in pairs], [b.problem_steps for _, b in pairs]),
                 "-",
                 "-",
+                *dashes,
             ]
         )
     return markdown_table(SUMMARY_HEADER, rows, numeric=range(1, len(SUMMARY_HEADER)))

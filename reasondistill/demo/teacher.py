@@ -1,7 +1,7 @@
 """Build the demo teacher: train a tokenizer and a small Qwen2 model on the arithmetic task.
 
-Plain PyTorch rather than a Trainer: on 2 CPU cores the Trainer's per-step overhead is a large
-share of a 20 ms step, and this is the one model the project trains without distillation.
+Trained by the plain-PyTorch loop of `lm_training.py` (shared with the base student), with the loss
+on the answer only; this is the one model the project trains on the task without distillation.
 The result is an ordinary model directory (config, safetensors, tokenizer, chat template) that
 the later stages use as the teacher, exactly as they would use a hub checkpoint.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from reasondistill.core.arithmetic_task import Problem, generate_problems
 from reasondistill.demo.factory import build_model, count_parameters
+from reasondistill.demo.lm_training import BUILD_INFO_FILE, LMTrainingSettings, train_causal_lm
 from reasondistill.demo.scoring import task_scores
 from reasondistill.demo.teacher_config import TeacherConfig
 from reasondistill.demo.tokenizer import CHAT_TEMPLATE, train_tokenizer
@@ -29,7 +28,6 @@ from reasondistill.demo.tokenizer import CHAT_TEMPLATE, train_tokenizer
 logger = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_RENDERER = jinja2.Template(CHAT_TEMPLATE)
-BUILD_INFO_FILE = "demo_build.json"  # written last: its presence marks a finished, reusable teacher
 
 
 def chat_messages(problem: Problem) -> tuple[list[dict], dict]:
@@ -58,37 +56,6 @@ def tokenize_example(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> tu
     return full_ids, len(prompt_ids)
 
 
-def token_budget_batches(
-    examples: list[tuple[list[int], int]], batch_tokens: int, pad_id: int, rng: random.Random
-):
-    """Endless stream of right-padded batches of similar-length examples, about batch_tokens each.
-
-    Yields (input_ids [B, T], labels [B, T]); labels are -100 on prompt and padding so only the
-    answer carries loss. No attention mask is needed: with right padding and causal attention no
-    real token ever sees a pad, and leaving the mask out keeps SDPA on its fast causal path.
-    """
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    while True:
-        # Sorted by length, so the newest example is the longest: grow a batch while it fits.
-        batches, current = [], []
-        for i in order:
-            if current and (len(current) + 1) * len(examples[i][0]) > batch_tokens:
-                batches.append(current)
-                current = []
-            current.append(i)
-        batches.append(current)
-        rng.shuffle(batches)
-        for batch in batches:
-            width = max(len(examples[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, i in enumerate(batch):
-                tokens, prompt_len = examples[i]
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                labels[row, prompt_len : len(tokens)] = torch.tensor(tokens[prompt_len:])
-            yield ids, labels
-
-
 def train_teacher(config: TeacherConfig) -> Path:
     """Build (or reuse) the demo teacher and return its model directory."""
     out_dir = config.directory()
@@ -96,7 +63,6 @@ def train_teacher(config: TeacherConfig) -> Path:
         logger.info("reusing demo teacher at %s", out_dir)
         return out_dir
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     started = time.time()
 
     train = generate_problems("train", config.train_problems, config.levels, config.seed)
@@ -111,49 +77,23 @@ def train_teacher(config: TeacherConfig) -> Path:
         sum(len(t) for t, _ in examples) / len(examples),
     )
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate,
-        betas=(0.9, 0.95),
+    settings = LMTrainingSettings(
+        steps=config.steps,
+        batch_tokens=config.batch_tokens,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        report_every=config.eval_every,
     )
-
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return config.learning_rate * (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    curve: list[dict] = []
-    batches = token_budget_batches(examples, config.batch_tokens, tokenizer.pad_token_id, rng)
-    model.train()
-    loss_sum, answer_tokens, train_seconds = torch.zeros(()), 0, 0.0
-    for step in range(config.steps):
-        step_start = time.time()
-        ids, labels = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        answer_tokens += int((labels != -100).sum())
-        train_seconds += time.time() - step_start
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            window = (step % config.eval_every) + 1
-            point = {
-                "step": step + 1,
-                "loss": round(float(loss_sum) / window, 4),
-                "heldout_accuracy_100": task_scores(model, tokenizer, test[:100])[0],
-                "answer_tokens_per_s": round(answer_tokens / train_seconds),
-                "elapsed_s": round(time.time() - started),
-            }
-            curve.append(point)
-            logger.info("%s", json.dumps(point))
-            loss_sum, answer_tokens, train_seconds = torch.zeros(()), 0, 0.0
+    curve = train_causal_lm(
+        model,
+        examples,
+        tokenizer.pad_token_id,
+        settings,
+        evaluate=lambda: {"heldout_accuracy_100": task_scores(model, tokenizer, test[:100])[0]},
+        started=started,
+    )
 
     accuracy = task_scores(model, tokenizer, test)[0]
     out_dir.mkdir(parents=True, exist_ok=True)

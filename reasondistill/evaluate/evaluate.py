@@ -33,6 +33,11 @@ from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.metrics import bootstrap_ci, k_values, majority_at_k, pass_at_k
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec, RunResult
+from reasondistill.evaluate.token_divergence import (
+    divergence_report,
+    divergence_settings,
+    divergence_students,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -262,10 +267,19 @@ def run_evaluate(recipe: Path | None, overrides: list[str]) -> int:
     if config.traces:
         questions = trace_questions(config.traces)
         contamination = [check_contamination(questions, b, config.ngram_size) for b in config.benchmark]
+    students = []
+    if config.divergence_teacher:  # a missing teacher or another tokenizer fails before the long run
+        check_model(config.divergence_teacher)
+        students = divergence_students(models, config.divergence_teacher)
     results = evaluate_models(models, config.benchmark, config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved_recipe([config], out / "evaluate_recipe.yaml")
-    report = write_report(results, out, contamination)
+    sections = []
+    if students:
+        specs = [load_benchmark(b) for b in config.benchmark]
+        settings = divergence_settings(config)
+        sections.append(divergence_report(students, config.divergence_teacher, specs, out, settings))
+    report = write_report(results, out, contamination, sections)
     logger.info(f"report: {report}")
     return 0

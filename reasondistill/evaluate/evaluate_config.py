@@ -49,6 +49,23 @@ class EvaluateConfig(EngineConfig):
         metadata={"help": "Trace dataset to check for n-gram overlap with each benchmark (in the report)."},
     )
     ngram_size: int = field(default=8, metadata={"help": "Word n-gram length of the overlap check."})
+    divergence_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher model directory (same tokenizer): the report shows where each full-precision "
+            "transformers model diverges from it, token by token (KL(teacher || student))."
+        },
+    )
+    divergence_examples: int = field(
+        default=4, metadata={"help": "Problems drawn token by token in the divergence picture."}
+    )
+    divergence_problems: int = field(
+        default=50, metadata={"help": "Problems (first N evaluated) behind the divergence by kind of token."}
+    )
+    divergence_max_tokens: int = field(
+        default=512,
+        metadata={"help": "Longest greedy solution in the divergence section (also <= max_tokens)."},
+    )
     output_dir: str = field(
         default="outputs/eval", metadata={"help": "Report, results.json and per-sample JSONL go here."}
     )
@@ -62,6 +79,9 @@ class EvaluateConfig(EngineConfig):
         positive = {"num_problems": self.num_problems, "num_samples": self.num_samples}
         positive |= {"max_tokens": self.max_tokens, "batch_prompts": self.batch_prompts}
         positive |= {"bootstrap_samples": self.bootstrap_samples, "ngram_size": self.ngram_size}
+        positive |= {"divergence_examples": self.divergence_examples}
+        positive |= {"divergence_problems": self.divergence_problems}
+        positive |= {"divergence_max_tokens": self.divergence_max_tokens}
         if bad := [name for name, value in positive.items() if value is not None and value < 1]:
             raise ValueError(f"{', '.join(bad)} must be at least 1")
         if (self.temperature is not None and self.temperature < 0) or not 0 < (self.top_p or 1) <= 1:

@@ -9,6 +9,7 @@ them back, so runs from several machines can be merged into one report):
     accuracy.png              pass@1 per model and benchmark with 95% bootstrap error bars
     accuracy_vs_size.png      pass@1 against the model's size on disk (log scale)
     response_lengths.png      histogram of response tokens per model, one panel per benchmark
+    divergence__*.png         with evaluate's divergence_teacher: `token_divergence.py`'s pictures
 """
 
 from __future__ import annotations
@@ -196,7 +197,10 @@ def _table(runs: list[RunResult]) -> str:
 
 
 def render_markdown(
-    results: Sequence[RunResult], plots: Sequence[str], contamination: Sequence[Contamination] | None
+    results: Sequence[RunResult],
+    plots: Sequence[str],
+    contamination: Sequence[Contamination] | None,
+    sections: Sequence[str] = (),
 ) -> str:
     lines = [
         "# Evaluation report",
@@ -223,6 +227,7 @@ def render_markdown(
             "",
         ]
     lines += [f"![{PLOTS[name]}]({name})\n" for name in plots]
+    lines += list(sections)
     if contamination:
         header = ["benchmark", "n-gram", "training prompts", "overlapping", "share"]
         rows = [
@@ -248,9 +253,14 @@ def load_results(out_dir: str | Path) -> tuple[list[RunResult], list[Contaminati
 
 
 def write_report(
-    results: Sequence[RunResult], out_dir: str | Path, contamination: Sequence[Contamination] | None = None
+    results: Sequence[RunResult],
+    out_dir: str | Path,
+    contamination: Sequence[Contamination] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write results JSON, per-sample JSONL, plots and the Markdown report; return the report's path."""
+    """Write results JSON, per-sample JSONL, plots and the Markdown report; return the report's path.
+    `sections` are Markdown blocks placed after the plots (e.g. `token_divergence.divergence_report`'s,
+    whose pictures are already in `out_dir`)."""
     if not results:
         raise ValueError("write_report needs at least one result")
     keys = [(r.model, r.benchmark) for r in results]
@@ -278,5 +288,5 @@ def write_report(
     plot_lengths(results, out / "response_lengths.png")
     plots.append("response_lengths.png")
     report = out / REPORT_FILE
-    report.write_text(render_markdown(results, plots, contamination), encoding="utf-8")
+    report.write_text(render_markdown(results, plots, contamination, sections), encoding="utf-8")
     return report

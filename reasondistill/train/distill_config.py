@@ -45,6 +45,13 @@ class DistillConfig(SFTConfig):
     only_correct: bool = field(
         default=True, metadata={"help": "Train only on traces whose answer was verified correct."}
     )
+    num_traces: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train on this many traces (after only_correct): the first n of one fixed shuffle (seed "
+            "0, whatever the run's seed), so smaller sets are subsets of larger ones. None = all."
+        },
+    )
     prompt_chat_template: PromptChatTemplate = field(
         default="teacher",
         metadata={
@@ -75,6 +82,14 @@ class DistillConfig(SFTConfig):
     )
     alpha: float = field(
         default=0.1, metadata={"help": "Skew of skew_forward_kl / skew_reverse_kl (DistiLLM)."}
+    )
+    kd_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use only the teacher's first k stored ranks as targets (their mass; the rest joins the "
+            "tail bucket, or is renormalised away with tail: false). 1 = the teacher's top-1 probability "
+            "only. None = every stored rank."
+        },
     )
     tail: bool = field(
         default=True,
@@ -167,6 +182,9 @@ class DistillConfig(SFTConfig):
             if getattr(self, name) not in get_args(kind):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(get_args(kind))}")
         self.loss_settings()  # refuses settings the loss does not support
+        for name in ("num_traces", "kd_top_k"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or null for all), got {getattr(self, name)}")
         if self.loss_chunk_size < 1:
             raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
         if not 0.0 <= self.lmbda <= 1.0:
@@ -204,6 +222,7 @@ class DistillConfig(SFTConfig):
             tail_floor=self.tail_floor,
             ce_weight=self.ce_weight,
             kd_weight=self.kd_weight,
+            label_smoothing=self.label_smoothing_factor,  # TrainingArguments' field; Trainer's own is unused
         )
 
     def generation_batch_size(self) -> int:

@@ -45,6 +45,7 @@ from reasondistill.train.losses.distill import IGNORE_INDEX
 # The columns the collator reads; the rest of a trace record stays on disk.
 TRAIN_COLUMNS = ("prompt_token_ids", "completion_token_ids", "topk_ids", "topk_logprob_codes")
 THINK_OPEN = "<think>"
+SUBSET_SEED = 0  # one shuffle for every `num_traces`, independent of the training seed
 
 
 def check_tokenizer(info: TraceInfo, tokenizer: PreTrainedTokenizerBase, student: str) -> None:
@@ -95,6 +96,7 @@ def load_trace_dataset(
     only_correct: bool,
     max_length: int | None,
     student_tokenizer: PreTrainedTokenizerBase | None = None,
+    num_traces: int | None = None,
 ):
     """(dataset of TRAIN_COLUMNS + length, TraceInfo, dropped-row counts) from a complete trace directory.
 
@@ -142,6 +144,13 @@ def load_trace_dataset(
         dropped["prompt_too_long"] = before - len(dataset)
     if len(dataset) == 0:
         raise ValueError(f"{trace_dir}: no training records left (dropped: {dropped}); check the traces")
+    if num_traces is not None:
+        if num_traces > len(dataset):
+            raise ValueError(
+                f"num_traces={num_traces} but {trace_dir} has {len(dataset)} usable records (dropped: "
+                f"{dropped}): lower num_traces or generate more traces"
+            )
+        dataset = dataset.shuffle(seed=SUBSET_SEED).select(range(num_traces))
     columns = list(TRAIN_COLUMNS) + (["teacher_prompt_token_ids"] if student_tokenizer is not None else [])
     dataset = dataset.select_columns(columns).map(
         lambda prompts, completions: {
@@ -158,6 +167,8 @@ class TopKCollator:
     """Pads trace records into a batch: input_ids, attention_mask, labels [B, L], topk_ids [B, L, K]
     (int64), topk_logprobs [B, L, K] (float32, -inf = no target), prompt_lengths [B].
 
+    `k` is the stored width; `target_k` (<= k, None = k) keeps the first ranks as targets (K = target_k
+    in the batch; the dropped ranks' mass joins the loss's tail bucket).
     Records may carry `topk_logprob_codes` (stored) or float `topk_logprobs` (on-policy scoring). Records
     re-rendered in the student's chat template also pass on `teacher_prompt_token_ids` (a list per row),
     the prompt the teacher scores on-policy samples after.
@@ -167,6 +178,13 @@ class TopKCollator:
     k: int
     student_vocab_size: int
     max_length: int | None = None
+    target_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_k is not None and not 1 <= self.target_k <= self.k:
+            raise ValueError(
+                f"kd_top_k={self.target_k} but the traces store top-{self.k}: choose 1..{self.k} (or null)"
+            )
 
     def _row(self, record: dict) -> tuple[list[int], int, np.ndarray, np.ndarray]:
         prompt, completion = list(record["prompt_token_ids"]), list(record["completion_token_ids"])
@@ -176,6 +194,7 @@ class TopKCollator:
             logprobs = decode_logprobs(codes)
         else:
             logprobs = np.asarray(record["topk_logprobs"], dtype=np.float32).reshape(len(completion), self.k)
+        ids, logprobs = ids[:, : self.target_k], logprobs[:, : self.target_k]  # ranks are sorted
         if self.max_length is not None:
             keep = max(0, self.max_length - len(prompt))
             completion, ids, logprobs = completion[:keep], ids[:keep], logprobs[:keep]
@@ -201,8 +220,9 @@ class TopKCollator:
         input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, length), dtype=torch.long)
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        topk_ids = torch.zeros((batch, length, self.k), dtype=torch.long)
-        topk_logprobs = torch.full((batch, length, self.k), -math.inf, dtype=torch.float32)
+        k = self.target_k or self.k
+        topk_ids = torch.zeros((batch, length, k), dtype=torch.long)
+        topk_logprobs = torch.full((batch, length, k), -math.inf, dtype=torch.float32)
         for b, (tokens, prompt_length, ids, logprobs) in enumerate(rows):
             end = len(tokens)
             input_ids[b, :end] = torch.tensor(tokens)

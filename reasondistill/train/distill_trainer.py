@@ -13,13 +13,16 @@ What differs from `SFTTrainer`, and nothing else:
 - on-policy steps (GKD's lmbda): for that share of optimizer steps, every micro-batch's completions are
   replaced by ones the student samples, scored by the live teacher (`reasondistill.train.on_policy`:
   transformers or vLLM on either side; one sampling call per optimizer step); only the divergence trains
-  on them.
+  on them;
+- it counts its compute (`TrainingCompute`): label tokens trained, and the seconds spent sampling the
+  student and scoring with the teacher in on-policy steps.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import time
 import types
 from dataclasses import dataclass, replace
 
@@ -91,6 +94,18 @@ def add_distill_head(model: PreTrainedModel, chunk_size: int) -> None:
     model.forward = types.MethodType(forward, model)
 
 
+@dataclass
+class TrainingCompute:
+    """What a run spent, counted on this process (saved as OUTPUT_DIR/compute.json)."""
+
+    student_tokens: int = 0  # label tokens trained on (traces and on-policy samples)
+    on_policy_tokens: int = 0  # of which the student sampled itself
+    on_policy_steps: int = 0
+    student_sampling_seconds: float = 0.0  # on-policy: the student generating
+    teacher_scoring_seconds: float = 0.0  # on-policy: the teacher's top-k on those samples
+    train_seconds: float = 0.0  # the whole `train` call, both of the above included
+
+
 def token_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(label tokens, label tokens with teacher targets) of a collated batch, after the causal shift."""
     labelled = batch["labels"][:, 1:] != IGNORE_INDEX
@@ -144,6 +159,7 @@ class DistillTrainer(SFTTrainer):
         self._on_policy_step = False
         self._step_terms: list[torch.Tensor] = []  # (ce, kd) [2] of each micro-batch of this step so far
         self._step_micro_batches = 0
+        self.compute = TrainingCompute()
 
     # ----- batches: on-policy replacement and token counts for the whole accumulated batch -----
 
@@ -154,7 +170,13 @@ class DistillTrainer(SFTTrainer):
         if self._on_policy_step and batches:
             batches = self.on_policy_batches(batches)
             num_items = self._get_num_items_in_batch(batches, device)
-        kd_items = sum(token_counts(batch)[1] for batch in batches) if batches else None
+        counts = [token_counts(batch) for batch in batches]
+        labelled = int(sum(c[0] for c in counts))  # one host sync per step: cheap beside the step
+        self.compute.student_tokens += labelled
+        if self._on_policy_step:
+            self.compute.on_policy_steps += 1
+            self.compute.on_policy_tokens += labelled
+        kd_items = sum(c[1] for c in counts) if batches else None
         if kd_items is not None:
             kd_items = kd_items.to(device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -176,16 +198,20 @@ class DistillTrainer(SFTTrainer):
         # torch's global RNG (checkpoints restore it) draws the same on every process: each process gets
         # its own range, so that a prompt on two processes gets two samples
         seed = int(torch.randint(2**31 - 1, ())) + self.accelerator.process_index * 2**32
+        start = time.perf_counter()
         completions = self.student_sampler.sample(
             self.accelerator.unwrap_model(self.model), flat_prompts, seed
         )
+        self.compute.student_sampling_seconds += time.perf_counter() - start
         # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
         teacher_prompts = [
             prompt
             for batch, group in zip(batches, prompts, strict=True)
             for prompt in batch.get("teacher_prompt_token_ids", group)
         ]
+        start = time.perf_counter()
         scores = self.teacher_scorer.score(teacher_prompts, completions)  # raw logprobs: gen_temperature 1
+        self.compute.teacher_scoring_seconds += time.perf_counter() - start
         records = [
             {
                 "prompt_token_ids": prompt,
@@ -202,9 +228,12 @@ class DistillTrainer(SFTTrainer):
         ]
 
     def train(self, *args, **kwargs):
+        start = time.perf_counter()
         try:
             return super().train(*args, **kwargs)
-        finally:  # vLLM engines hold memory (KV cache) until shut down
+        finally:
+            self.compute.train_seconds += time.perf_counter() - start
+            # vLLM engines hold memory (KV cache) until shut down
             for engine in (self.student_sampler, self.teacher_scorer):
                 if engine is not None:
                     engine.close()

@@ -5,15 +5,18 @@ Also runs under accelerate, one process per device:
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m reasondistill.train RECIPE.yaml
 
 Reads a trace dataset (docs/trace_schema.md) and a student model directory; writes OUTPUT_DIR with the
-PEFT adapter (or full model), the tokenizer, checkpoints, TensorBoard logs, `train_recipe.yaml` (the
-resolved settings) and, with `save_merged_model`, OUTPUT_DIR/merged (a plain model directory).
+PEFT adapter (or full model), the tokenizer, checkpoints, TensorBoard logs, `compute.json` (what the
+run spent: `distill_trainer.TrainingCompute`), `train_recipe.yaml` (the resolved settings, written
+last) and, with `save_merged_model`, OUTPUT_DIR/merged (a plain model directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -34,6 +37,7 @@ from reasondistill.train.distill_data import (
 from reasondistill.train.distill_trainer import DistillTrainer
 
 RECIPE_FILE = "train_recipe.yaml"
+COMPUTE_FILE = "compute.json"
 MERGED_DIR = "merged"
 USAGE = (
     "usage: python -m reasondistill.train {RECIPE.yaml | --config RECIPE.yaml} [--key value ...] "
@@ -74,7 +78,7 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
     render_with = tokenizer if args.prompt_chat_template == "student" else None  # None: the stored prompt ids
     train_dataset, info, dropped = load_trace_dataset(
-        args.traces, args.only_correct, args.max_length, render_with
+        args.traces, args.only_correct, args.max_length, render_with, args.num_traces
     )
     check_tokenizer(info, tokenizer, student)
     eval_dataset = None
@@ -96,6 +100,7 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
         k=info.k,
         student_vocab_size=model.get_output_embeddings().weight.shape[0],
         max_length=args.max_length,
+        target_k=args.kd_top_k,
     )
     trainer = DistillTrainer(
         model=model,
@@ -121,6 +126,7 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
     out = Path(args.output_dir)
     trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
+        (out / COMPUTE_FILE).write_text(json.dumps(asdict(trainer.compute), indent=1))
         save_resolved_recipe([model_args, args], out / RECIPE_FILE)
         trainer.state.save_to_json(str(out / "trainer_state.json"))  # the log history of this run
         if args.save_merged_model:

@@ -539,3 +539,33 @@ def test_docs_name_the_divergences_the_code_accepts():
     for doc in ("docs/train.md", "docs/losses.md"):
         named = set(re.findall(r"`(\w*(?:_kl|jsd))`", (REPO / doc).read_text()))
         assert named == set(DIVERGENCE_KINDS), doc
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_label_smoothing_matches_brute_force(chunked):
+    """CE with label smoothing eps: (1 - eps) (-log q_label) + eps mean_v (-log q_v) per token, summed in
+    Python loops; and PyTorch's own label_smoothing gives the same."""
+    _, student, ids, logprobs = case(n=6, v=11, k=3, seed=3)
+    labels = torch.tensor([2, -100, 5, 7, 0, 10])
+    settings = LossSettings(ce_weight=1.0, kd_weight=0.0, label_smoothing=0.2)
+    if chunked:
+        weight = torch.eye(11, dtype=D)  # logits = hidden @ I: the student logits themselves
+        loss = distillation_loss(student, weight, labels, ids, logprobs, settings=settings, chunk_size=4)
+    else:
+        loss = distillation_loss_from_logits(student, labels, ids, logprobs, settings=settings)
+    total, count = 0.0, 0
+    for row, label in zip(student.detach().tolist(), labels.tolist(), strict=True):
+        if label == -100:
+            continue
+        log_z = math.log(sum(math.exp(x) for x in row))
+        nll = [log_z - x for x in row]
+        total += 0.8 * nll[label] + 0.2 * sum(nll) / len(nll)
+        count += 1
+    assert loss.total.item() == pytest.approx(total / count, rel=1e-12)
+    torch_ce = F.cross_entropy(student, labels, label_smoothing=0.2)
+    assert loss.total.item() == pytest.approx(torch_ce.item(), rel=1e-12)
+    (grad,) = torch.autograd.grad(loss.total, student)
+    (torch_grad,) = torch.autograd.grad(torch_ce, student)
+    torch.testing.assert_close(grad, torch_grad)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        LossSettings(ce_weight=1.0, label_smoothing=1.0)

@@ -32,7 +32,7 @@ from reasondistill.train.distill_data import TopKCollator, load_trace_dataset
 from reasondistill.train.distill_trainer import DistillTrainer
 from reasondistill.train.losses import LossSettings, distillation_loss_from_logits
 from reasondistill.train.on_policy import TransformersSampler
-from reasondistill.train.train import MERGED_DIR, RECIPE_FILE, train
+from reasondistill.train.train import COMPUTE_FILE, MERGED_DIR, RECIPE_FILE, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,6 +121,34 @@ def test_collator_aligns_stored_topk_with_labels(trace_dir, tiny_model_dir):
     assert (cut["labels"][0] != -100).sum() == 2
 
 
+def test_kd_top_k_keeps_the_first_ranks(trace_dir):
+    """kd_top_k: 1 gives targets of width 1 holding the teacher's top-1 (the rest is the loss's tail)."""
+    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+    records = [dataset[i] for i in range(3)]
+    full = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)(records)
+    top1 = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size, target_k=1)(records)
+    assert top1["topk_ids"].shape[-1] == 1 and top1["topk_logprobs"].shape[-1] == 1
+    assert torch.equal(top1["topk_ids"][..., 0], full["topk_ids"][..., 0])
+    assert torch.equal(top1["topk_logprobs"][..., 0], full["topk_logprobs"][..., 0])
+    with pytest.raises(ValueError, match=f"kd_top_k={info.k + 1} but the traces store top-{info.k}"):
+        TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size, target_k=info.k + 1)
+
+
+def test_num_traces_takes_nested_subsets(trace_dir):
+    """num_traces: n draws the first n of one fixed shuffle: smaller sets are inside larger ones."""
+    everything, _, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+
+    def completions(n: int) -> list[list[int]]:
+        subset, _, _ = load_trace_dataset(str(trace_dir), False, None, num_traces=n)
+        return [list(ids) for ids in subset["completion_token_ids"]]
+
+    five, ten = completions(5), completions(10)
+    assert len(five) == 5 and ten[:5] == five
+    assert five != [list(ids) for ids in everything["completion_token_ids"][:5]]  # shuffled, not the head
+    with pytest.raises(ValueError, match=f"num_traces=99 but .* has {len(everything)} usable records"):
+        completions(99)
+
+
 def test_config_choices_are_checked_and_build_the_loss_settings(tmp_path, trace_dir, tiny_model_dir):
     """Enum-like fields are Literal types (a recipe gets the choices in its error), and the loss settings
     are built from the config field by field."""
@@ -138,6 +166,12 @@ def test_config_choices_are_checked_and_build_the_loss_settings(tmp_path, trace_
     )
     expected = LossSettings(divergence_kind="skew_reverse_kl", gen_temperature=0.7, **loss)
     assert args.loss_settings(gen_temperature=0.7) == expected
+    # TrainingArguments' label_smoothing_factor is our loss's (Trainer's own smoother never runs here)
+    smoothed = DistillConfig(traces=str(trace_dir), output_dir=str(tmp_path), label_smoothing_factor=0.1)
+    assert smoothed.loss_settings().label_smoothing == 0.1
+    for name in ("num_traces", "kd_top_k"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 1"):
+            DistillConfig(traces=str(trace_dir), output_dir=str(tmp_path), **{name: 0})
     with pytest.raises(dataclasses.FrozenInstanceError):
         expected.beta = 0.5
 
@@ -271,6 +305,8 @@ def test_lora_run_saves_adapter_merged_model_and_logs(tmp_path, trace_dir, tiny_
         )
     )
     assert (out / "adapter_config.json").exists() and (out / RECIPE_FILE).exists()
+    compute = json.loads((out / COMPUTE_FILE).read_text())
+    assert compute["student_tokens"] > 0 and compute["on_policy_steps"] == compute["on_policy_tokens"] == 0
     assert list(out.rglob("events.out.tfevents.*")), "TensorBoard logs by default"
     from peft import PeftModel
 
@@ -457,6 +493,10 @@ def test_on_policy_steps_score_student_samples_with_the_teacher(
     assert len(logs) == 2 and all(
         h["on_policy"] == 1.0 and np.isfinite(h["kd"]) and h["kd"] > 0 for h in logs
     )
+    compute = json.loads((out / COMPUTE_FILE).read_text())
+    assert compute["on_policy_steps"] == 2 and compute["on_policy_tokens"] == compute["student_tokens"] > 0
+    assert compute["student_sampling_seconds"] + compute["teacher_scoring_seconds"] > 0
+    assert compute["student_sampling_seconds"] + compute["teacher_scoring_seconds"] < compute["train_seconds"]
 
 
 def test_transformers_sampling_in_chunks_gives_each_prompt_its_own_completion(

@@ -43,6 +43,9 @@ class LossSettings:
     tail_floor: float = DEFAULT_TAIL_FLOOR  # smallest tail-bucket probability, on both sides
     ce_weight: float = 0.0
     kd_weight: float = 1.0
+    # CE against (1 - eps) one-hot + eps uniform over V (Szegedy et al.); a baseline that regularises
+    # like soft targets but carries nothing from the teacher
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         check_divergence_args(self.divergence_kind, self.beta, self.alpha)
@@ -53,6 +56,8 @@ class LossSettings:
             )
         if not 0.0 < self.tail_floor < 1.0:
             raise ValueError(f"tail_floor must be in (0, 1), got {self.tail_floor}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.ce_weight < 0 or self.kd_weight < 0 or self.ce_weight + self.kd_weight == 0:
             raise ValueError(
                 f"loss weights must be >= 0 and not both 0, got ce_weight={self.ce_weight}, "
@@ -126,7 +131,8 @@ def token_loss_sums(
 
     `logits` [N, V] (any float dtype; half is upcast to float32), `labels` [N] (-100 = no loss),
     `topk_ids` [N, K], `topk_logprobs` [N, K], `kd_mask` [N] bool. CE is at temperature 1: the student's
-    own distribution on the teacher's sampled token. D_t is `settings.divergence_kind` between the
+    own distribution on the teacher's sampled token; with label smoothing eps it is
+    (1 - eps) (-log q_label) + eps mean_v (-log q_v). D_t is `settings.divergence_kind` between the
     teacher's and the student's (K+1)- or K-bucket distributions at temperature T. A term whose weight is
     0 is not computed and returned as 0.
     """
@@ -138,6 +144,10 @@ def token_loss_sums(
     ce_sum = zero
     if settings.ce_weight:
         ce_sum = F.nll_loss(log_probs, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        if settings.label_smoothing:
+            eps, kept = settings.label_smoothing, labels != IGNORE_INDEX
+            uniform_sum = -log_probs[kept].mean(dim=-1).sum()  # sum_t mean_v (-log q_v)
+            ce_sum = (1 - eps) * ce_sum + eps * uniform_sum
     if not settings.kd_weight:
         return ce_sum, zero
     valid = torch.isfinite(topk_logprobs)  # [N, K], trailing -inf ranks masked

@@ -1,0 +1,199 @@
+"""Which distillation works on the demo task: methods x seeds from one start, same budget, paired.
+
+    .venv/bin/python benchmarks/distill_study.py STUDY --teacher DIR --traces DIR --heldout DIR \
+        [--seeds 0 1 2] [--max-steps 1000] [--output-dir outputs/study]
+
+Every student is trained and scored by the demo's student stage (reasondistill/demo/students.py):
+for a seed, every method starts from the same model and trains with recipes/demo/train.yaml plus the
+method's few overrides and `--max-steps` (warm-up 5% of it); exact match and step accuracy on 200
+held-out problems (greedy), held-out CE and KD on the teacher's held-out traces, and the compute each
+run spent. The table gives mean ± sd over seeds, a 95% interval over seeds and problems, and each method
+minus the first, paired by seed and problem. Runs are reused across studies when their settings match
+(the random-start `sft` and `kd` students serve `starts`, `targets` and `on_policy`).
+
+Studies:
+- starts: SFT and CE + top-k KL from a random initialisation, the cached base student
+  (recipes/demo/base_student.yaml) and the teacher pruned to 2 layers x 256 MLP channels (28% of it).
+- targets: what the top-k carries, from the random start: CE + top-k KL against CE with label smoothing
+  0.1 (regularisation without the teacher) and KL to the teacher's top-1 probability only (kd_top_k 1,
+  the rest in the tail bucket: the teacher's confidence, not its alternatives).
+- on_policy: off-policy KD, on-policy distillation (lmbda 1, reverse KL, the teacher scoring the
+  student's samples) and SFT followed by on-policy steps, each given `--on-policy-steps` steps.
+- data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`; also plots exact
+  match against n (data_efficiency.png).
+
+Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the table, and the command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reasondistill.core.arithmetic_task import generate_problems
+from reasondistill.core.logs import setup_logging
+from reasondistill.core.recipe import PACKAGE_DIR
+from reasondistill.demo.scoring import task_scores
+from reasondistill.demo.students import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    StudentResult,
+    summary_table,
+    train_students,
+)
+from reasondistill.demo.students_config import AFTER, StudentsConfig
+from reasondistill.demo.teacher import load_teacher
+from reasondistill.evaluate.metrics import seed_problem_bootstrap
+
+logger = logging.getLogger("reasondistill.benchmarks.distill_study")
+
+SFT, KD = {"kd_weight": 0.0}, {"kd_weight": 1.0}
+PRUNED_START = {"num_layers": 2, "intermediate_size": 256}  # 919,808 of 3,281,152 teacher parameters
+
+
+def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """(start, methods) pairs of a study; the first method of each is its baseline."""
+    if study == "starts":
+        return [(start, {"sft": SFT, "kd": KD}) for start in ("random", "base", "pruned")]
+    if study == "targets":
+        smoothing = {**SFT, "label_smoothing_factor": 0.1}
+        return [
+            (
+                "random",
+                {"sft": SFT, "kd": KD, "sft-label-smoothing": smoothing, "kd-top1": {**KD, "kd_top_k": 1}},
+            )
+        ]
+    if study == "on_policy":
+        on_policy = {
+            "kd_weight": 1.0,
+            "lmbda": 1.0,
+            "divergence": "reverse_kl",
+            "teacher_model": args.teacher,
+        }
+        steps = {"max_steps": args.on_policy_steps, "warmup_steps": max(1, args.on_policy_steps // 20)}
+        return [
+            (
+                "random",
+                {
+                    "sft": SFT,
+                    "kd": KD,
+                    "on-policy": {**on_policy, **steps},
+                    "sft-then-on-policy": {AFTER: "sft", **on_policy, **steps},
+                },
+            )
+        ]
+    if study == "data":
+        methods = {}
+        for count in args.trace_counts:
+            methods[f"sft-{count}"] = {**SFT, "num_traces": count}
+            methods[f"kd-{count}"] = {**KD, "num_traces": count}
+        return [("random", methods)]
+    raise ValueError(f"unknown study {study!r}")
+
+
+def with_budget(methods: dict[str, dict[str, Any]], max_steps: int) -> dict[str, dict[str, Any]]:
+    """Every method gets `max_steps` (warm-up 5%) unless it sets its own."""
+    budget = {"max_steps": max_steps, "warmup_steps": max(1, max_steps // 20)}
+    return {name: {**budget, **fields} for name, fields in methods.items()}
+
+
+def plot_data_efficiency(results: list[StudentResult], path: Path) -> None:
+    """Exact match (mean over seeds, 95% interval over seeds and problems) against the trace count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for kind in ("sft", "kd"):
+        counts = sorted({int(r.method.split("-")[1]) for r in results if r.method.startswith(f"{kind}-")})
+        points = []
+        for count in counts:
+            scores = np.array([r.problem_correct for r in results if r.method == f"{kind}-{count}"])
+            points.append(seed_problem_bootstrap(scores, BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES))
+        means, lows, highs = (100 * np.array(column) for column in zip(*points, strict=True))
+        label = "SFT (CE on traces)" if kind == "sft" else "CE + top-k KL"
+        axes.plot(counts, means, marker="o", label=label)
+        axes.fill_between(counts, lows, highs, alpha=0.2)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("verified teacher traces")
+    axes.set_ylabel("exact match, % (95% CI)")
+    axes.set_title("What stored top-k buys: exact match against trace count")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("study", choices=["starts", "targets", "on_policy", "data"])
+    parser.add_argument("--teacher", required=True, help="demo teacher directory")
+    parser.add_argument("--traces", required=True, help="its verified training traces")
+    parser.add_argument("--heldout", required=True, help="its traces on held-out (test) prompts")
+    parser.add_argument("--recipes", default=str(PACKAGE_DIR / "recipes" / "demo"), help="demo recipe dir")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--on-policy-steps", type=int, default=300)
+    parser.add_argument("--trace-counts", type=int, nargs="+", default=[64, 128, 256, 512, 818])
+    parser.add_argument("--test-problems", type=int, default=200)
+    parser.add_argument("--output-dir", default="outputs/study")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("info")
+    out = Path(args.output_dir)
+    teacher_dir = Path(args.teacher)
+    teacher, tokenizer = load_teacher(teacher_dir)
+    levels = [1, 2, 3]
+    problems = generate_problems("test", args.test_problems, levels, seed=1)  # the students' problems
+    teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
+    tables, results = [], []
+    for start, methods in study_arms(args.study, args):
+        config = StudentsConfig(
+            start=start,
+            prune=PRUNED_START if start == "pruned" else {},
+            seeds=args.seeds,
+            methods=with_budget(methods, args.max_steps),
+            test_problems=args.test_problems,
+            test_levels=levels,
+            output_dir=str(out / "students"),
+        )
+        runs = train_students(config, Path(args.recipes), teacher_dir, Path(args.traces), Path(args.heldout))
+        results += runs
+        tables.append(f"start: {start}\n\n{summary_table(runs, teacher_accuracy, teacher_steps)}")
+    if args.study == "data":
+        plot_data_efficiency(results, out / "data_efficiency.png")
+    command = shlex.join(
+        [".venv/bin/python", "benchmarks/distill_study.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    text = f"Command: `{command}`\n\n" + "\n\n".join(tables)
+    (out / f"{args.study}.md").write_text(text + "\n")
+    summary = {"teacher": [teacher_accuracy, teacher_steps], "students": [asdict(r) for r in results]}
+    (out / f"{args.study}.json").write_text(json.dumps(summary))
+    best = max(results, key=lambda r: r.accuracy)
+    method_mean = statistics.fmean(r.accuracy for r in results if r.method == best.method)
+    kept = f" ({best.accuracy / teacher_accuracy:.0%} of the teacher)" if teacher_accuracy else ""
+    print(text)
+    print(
+        f"\nteacher {teacher_accuracy:.1%}; best student {best.method} seed {best.seed} {best.accuracy:.1%}"
+        f"{kept}; mean of its method {method_mean:.1%}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
