@@ -120,15 +120,7 @@ def build_base_student(config: BaseStudentConfig, tokenizer_dir: str | Path) -> 
         initial_loss,
     )
 
-    settings = LMTrainingSettings(
-        steps=config.steps,
-        batch_tokens=config.batch_tokens,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        report_every=config.eval_every,
-    )
+    settings = LMTrainingSettings.of(config)
     curve = train_causal_lm(
         model,
         examples,

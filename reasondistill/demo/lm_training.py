@@ -41,6 +41,12 @@ class LMTrainingSettings:
     seed: int  # seeds the batch order
     report_every: int  # steps between learning-curve points
 
+    @classmethod
+    def of(cls, config) -> LMTrainingSettings:
+        """From a build config with these fields (TeacherConfig, BaseStudentConfig; eval_every reports)."""
+        fields = ("steps", "batch_tokens", "learning_rate", "warmup_steps", "weight_decay", "seed")
+        return cls(**{name: getattr(config, name) for name in fields}, report_every=config.eval_every)
+
 
 def token_budget_batches(
     examples: list[Example], batch_tokens: int, pad_id: int, rng: random.Random
