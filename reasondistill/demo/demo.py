@@ -11,9 +11,8 @@ to the stage's command) and reads the previous stage's artifact from disk:
 5. pdq.yaml (+ prune.yaml, train.yaml, quantize.yaml) -> the teacher pruned, distilled back on its
    traces and quantized, measured after each step                 -> model directories + table
 6. one greedy evaluation report of all of them: teacher, the best student and the best of the other
-   methods, the pruned and
-   distilled teacher, and their 4-bit artifacts, with the two students' per-token divergence from
-   the teacher                                                     -> report (Markdown + plots)
+   methods, the pruned and distilled teacher, and their 4-bit artifacts, with the two students'
+   per-token divergence from the teacher                          -> report (Markdown + plots)
 """
 
 from __future__ import annotations

@@ -146,7 +146,8 @@ def token_loss_sums(
         ce_sum = F.nll_loss(log_probs, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         if settings.label_smoothing:
             eps, kept = settings.label_smoothing, labels != IGNORE_INDEX
-            uniform_sum = -log_probs[kept].mean(dim=-1).sum()  # sum_t mean_v (-log q_v)
+            # sum_t mean_v (-log q_v) over labelled rows; a mask, not log_probs[kept] (an [N, V] copy)
+            uniform_sum = torch.where(kept, -log_probs.mean(dim=-1), 0.0).sum()
             ce_sum = (1 - eps) * ce_sum + eps * uniform_sum
     if not settings.kd_weight:
         return ce_sum, zero
