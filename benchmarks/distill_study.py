@@ -1,7 +1,7 @@
 """Which distillation works on the demo task: methods x seeds from one start, same budget, paired.
 
     .venv/bin/python benchmarks/distill_study.py STUDY --teacher DIR --traces DIR --heldout DIR \
-        [--seeds 0 1 2] [--max-steps 1000] [--output-dir outputs/study]
+        [--start random] [--num-traces N] [--seeds 0 1 2] [--max-steps 1000] [--output-dir outputs/study]
 
 Every student is trained and scored by the demo's student stage (reasondistill/demo/students.py):
 for a seed, every method starts from the same model and trains with recipes/demo/train.yaml plus the
@@ -18,9 +18,13 @@ Studies:
   0.1 (regularisation without the teacher) and KL to the teacher's top-1 probability only (kd_top_k 1,
   the rest in the tail bucket: the teacher's confidence, not its alternatives).
 - on_policy: off-policy KD, on-policy distillation (lmbda 1, reverse KL, the teacher scoring the
-  student's samples) and SFT followed by on-policy steps, each given `--on-policy-steps` steps.
+  student's samples) and SFT followed by on-policy steps, each given `--on-policy-steps` steps, and SFT
+  followed by `--more-sft-steps` more SFT steps (set it to what the on-policy steps cost in wall time).
 - data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`; also plots exact
   match against n (data_efficiency.png).
+
+`--start` (targets, on_policy) and `--num-traces` (every study but data, which sets its own) change
+the setting for every arm; students of another trace count live in OUTPUT_DIR/students-<n>traces.
 
 Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the table, and the command).
 """
@@ -68,7 +72,7 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
         smoothing = {**SFT, "label_smoothing_factor": 0.1}
         return [
             (
-                "random",
+                args.start,
                 {"sft": SFT, "kd": KD, "sft-label-smoothing": smoothing, "kd-top1": {**KD, "kd_top_k": 1}},
             )
         ]
@@ -79,15 +83,16 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
             "divergence": "reverse_kl",
             "teacher_model": args.teacher,
         }
-        steps = {"max_steps": args.on_policy_steps, "warmup_steps": max(1, args.on_policy_steps // 20)}
+        steps = budget(args.on_policy_steps)
         return [
             (
-                "random",
+                args.start,
                 {
                     "sft": SFT,
                     "kd": KD,
                     "on-policy": {**on_policy, **steps},
                     "sft-then-on-policy": {AFTER: "sft", **on_policy, **steps},
+                    "sft-then-sft": {AFTER: "sft", **SFT, **budget(args.more_sft_steps)},
                 },
             )
         ]
@@ -100,10 +105,14 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
     raise ValueError(f"unknown study {study!r}")
 
 
-def with_budget(methods: dict[str, dict[str, Any]], max_steps: int) -> dict[str, dict[str, Any]]:
-    """Every method gets `max_steps` (warm-up 5%) unless it sets its own."""
-    budget = {"max_steps": max_steps, "warmup_steps": max(1, max_steps // 20)}
-    return {name: {**budget, **fields} for name, fields in methods.items()}
+def budget(max_steps: int) -> dict[str, int]:
+    """`max_steps` with a warm-up of 5% of it."""
+    return {"max_steps": max_steps, "warmup_steps": max(1, max_steps // 20)}
+
+
+def with_defaults(methods: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every method gets `defaults` (budget, trace count) unless it sets its own."""
+    return {name: {**defaults, **fields} for name, fields in methods.items()}
 
 
 def plot_data_efficiency(results: list[StudentResult], path: Path) -> None:
@@ -146,6 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--on-policy-steps", type=int, default=300)
+    parser.add_argument("--more-sft-steps", type=int, default=1000, help="sft-then-sft's extra steps")
+    parser.add_argument("--start", choices=["random", "base", "pruned"], default="random")
+    parser.add_argument("--num-traces", type=int, help="train every arm on the first N traces")
     parser.add_argument("--trace-counts", type=int, nargs="+", default=[64, 128, 256, 512, 818])
     parser.add_argument("--test-problems", type=int, default=200)
     parser.add_argument("--output-dir", default="outputs/study")
@@ -161,16 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     levels = [1, 2, 3]
     problems = generate_problems("test", args.test_problems, levels, seed=1)  # the students' problems
     teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
+    defaults: dict[str, Any] = budget(args.max_steps)
+    students_dir = out / "students"
+    if args.num_traces is not None and args.study != "data":
+        defaults["num_traces"] = args.num_traces
+        students_dir = out / f"students-{args.num_traces}traces"  # method names stay those of all traces
     tables, results = [], []
     for start, methods in study_arms(args.study, args):
         config = StudentsConfig(
             start=start,
             prune=PRUNED_START if start == "pruned" else {},
             seeds=args.seeds,
-            methods=with_budget(methods, args.max_steps),
+            methods=with_defaults(methods, defaults),
             test_problems=args.test_problems,
             test_levels=levels,
-            output_dir=str(out / "students"),
+            output_dir=str(students_dir),
         )
         runs = train_students(config, Path(args.recipes), teacher_dir, Path(args.traces), Path(args.heldout))
         results += runs

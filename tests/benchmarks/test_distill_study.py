@@ -1,5 +1,6 @@
-"""benchmarks/distill_study.py's data-efficiency study end to end on a handful of traces of a tiny model:
-its table, plot and results file; the numbers mean nothing at 2 steps."""
+"""benchmarks/distill_study.py end to end on a handful of traces of a tiny model: the data-efficiency
+study's table, plot and results file, and the on-policy study's chains on a trace subset; the numbers
+mean nothing at 2 steps."""
 
 import json
 import subprocess
@@ -16,11 +17,12 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_study.py"
 
 
-def test_data_efficiency_study_trains_each_count_and_plots(tiny_model_dir, tmp_path):
-    traces = generate(generate_config(tiny_model_dir, tmp_path / "traces", backend="transformers"))
+def study_command(study: str, teacher: Path, tmp_path: Path) -> list[str]:
+    """The script on traces and held-out traces of `teacher` and a tiny full fine-tuning recipe."""
+    traces = generate(generate_config(teacher, tmp_path / "traces", backend="transformers"))
     heldout = generate(
         generate_config(
-            tiny_model_dir, tmp_path / "heldout", backend="transformers", prompt_split="test", num_prompts=2
+            teacher, tmp_path / "heldout", backend="transformers", prompt_split="test", num_prompts=2
         )
     )
     recipes = tmp_path / "recipes"
@@ -28,11 +30,15 @@ def test_data_efficiency_study_trains_each_count_and_plots(tiny_model_dir, tmp_p
     (recipes / "train.yaml").write_text(
         "use_peft: false\ndtype: float32\nonly_correct: false\nper_device_train_batch_size: 2\n"
         "learning_rate: 1.0e-3\nreport_to: none\nsave_strategy: 'no'\nlogging_steps: 1\n"
-        "traces: unset\noutput_dir: unset\n"
+        "on_policy_max_new_tokens: 8\ntraces: unset\noutput_dir: unset\n"
     )
-    command = [sys.executable, str(SCRIPT), "data", "--teacher", str(tiny_model_dir), "--traces", str(traces)]
-    command += ["--heldout", str(heldout), "--recipes", str(recipes), "--seeds", "0", "1"]
-    command += ["--max-steps", "2", "--trace-counts", "4", "8", "--test-problems", "2"]
+    command = [sys.executable, str(SCRIPT), study, "--teacher", str(teacher), "--traces", str(traces)]
+    return command + ["--heldout", str(heldout), "--recipes", str(recipes), "--test-problems", "2"]
+
+
+def test_data_efficiency_study_trains_each_count_and_plots(tiny_model_dir, tmp_path):
+    command = study_command("data", tiny_model_dir, tmp_path) + ["--seeds", "0", "1"]
+    command += ["--max-steps", "2", "--trace-counts", "4", "8"]
     command += ["--output-dir", str(tmp_path / "study")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -51,3 +57,23 @@ def test_data_efficiency_study_trains_each_count_and_plots(tiny_model_dir, tmp_p
         "Command: `.venv/bin/python benchmarks/distill_study.py data"
         in (tmp_path / "study" / "data.md").read_text()
     )
+
+
+def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
+    command = study_command("on_policy", tiny_model_dir, tmp_path) + ["--seeds", "0", "--max-steps", "2"]
+    command += ["--on-policy-steps", "2", "--more-sft-steps", "3", "--num-traces", "4"]
+    command += ["--output-dir", str(tmp_path / "study")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    students = {
+        s["method"]: s for s in json.loads((tmp_path / "study" / "on_policy.json").read_text())["students"]
+    }
+    assert list(students) == ["sft", "kd", "on-policy", "sft-then-on-policy", "sft-then-sft"]
+    assert {Path(s["directory"]).parts[-4] for s in students.values()} == {"students-4traces"}
+    # a chain's compute adds its start's: SFT's 2 off-policy steps, then 2 on-policy or 3 more SFT steps
+    assert students["sft"]["compute"]["on_policy_steps"] == 0
+    assert students["on-policy"]["compute"]["on_policy_steps"] == 2
+    assert students["sft-then-on-policy"]["compute"]["on_policy_steps"] == 2
+    sft_tokens = students["sft"]["compute"]["student_tokens"]
+    assert students["sft-then-sft"]["compute"]["student_tokens"] > sft_tokens
+    assert students["sft-then-on-policy"]["compute"]["student_tokens"] > sft_tokens
