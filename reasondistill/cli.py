@@ -182,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"{stage_parser.format_usage()}{stage_parser.prog}: error: {error}\n")
         return 2
+    except RuntimeError as error:
+        # vLLM's engine died or was stopped mid-run: one line, not its traceback. Imported here (loaded
+        # already if it raised) so that --help does not load torch.
+        from reasondistill.core.engines import EngineStopped
+
+        if not isinstance(error, EngineStopped) or os.environ.get("REASONDISTILL_DEBUG"):
+            raise
+        sys.stderr.write(f"{stage_parser.prog}: error: {error} (what was written stays: rerun the command)\n")
+        return 1
 
 
 if __name__ == "__main__":

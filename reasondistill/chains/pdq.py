@@ -5,13 +5,16 @@ The chain runs three stages, each from its own recipe, through their on-disk art
 1. prune (`prune.py`): the teacher, fewer layers and narrower MLPs   -> OUTPUT_DIR/pruned
 2. distil (`train.py`): the pruned model on the teacher's traces     -> OUTPUT_DIR/distilled
 3. quantize (`quantize.py`): every hardware profile of the distilled model, measured -> OUTPUT_DIR/quantized
+   (cleared and redone on every run)
 
 and then scores the teacher and the pruned model with the quantize recipe's accuracy settings (greedy,
 its benchmark and number of problems), so every row of the table is measured the same way. Writes
 `pdq.json`, `pdq.md` (the table) and an evaluation report with plots under OUTPUT_DIR/report.
 
-A step whose output directory holds a finished run of exactly the same resolved settings is reused, so
-re-running after a change repeats only what the change affects.
+A step whose output directory holds a finished run of exactly the same resolved settings is reused. A
+step directory (or the chain's own) holding a run of other settings is refused before any step runs,
+naming what differs; with `--overwrite` those steps are cleared and run again, so re-running after a
+change repeats only what the change affects.
 """
 
 from __future__ import annotations
@@ -34,20 +37,22 @@ from reasondistill.compress.quantize import (
 )
 from reasondistill.compress.quantize_config import QuantizeConfig
 from reasondistill.core.markdown_table import markdown_table
-from reasondistill.core.model_dir import parameter_count
-from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.model_dir import check_model_source, parameter_count
+from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
-from reasondistill.core.run_reuse import run_unless_done
+from reasondistill.core.run_reuse import check_run_dir, clear_dir, finish_run, run_unless_done, start_run
 from reasondistill.evaluate.benchmark_specs import load_benchmark
 from reasondistill.evaluate.evaluate import evaluate_models
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec, RunResult
 from reasondistill.train.distill_config import DistillConfig
+from reasondistill.train.train import RECIPE_FILE as TRAIN_RECIPE_FILE
 from reasondistill.train.train import train_unless_done
 
 logger = logging.getLogger(__name__)
 
 DISTILLED = "pruned+distilled"
+PDQ_RECIPE_FILE = "pdq_recipe.yaml"
 CHAIN_HEADER = (
     "step",
     "model",
@@ -91,14 +96,31 @@ def stage_configs(config: PDQConfig) -> tuple[PruneConfig, ModelConfig, DistillC
     return prune_config, model_args, train_config, quantize_config
 
 
-def prune_step(config: PruneConfig) -> bool:
-    """Prune unless OUTPUT_DIR holds a finished run of exactly these settings; True if it pruned."""
+def prune_step(config: PruneConfig, overwrite: bool = False) -> bool:
+    """Prune unless OUTPUT_DIR holds a finished run of exactly these settings; True if it pruned.
+    A run of other settings there is refused, or with `overwrite` replaced."""
 
     def prune() -> None:
         out, info = save_pruned(config)
         logger.info("%s", describe(config, out, info))
 
-    return run_unless_done([config], Path(config.output_dir) / PRUNE_RECIPE_FILE, prune)
+    recipe_file = Path(config.output_dir) / PRUNE_RECIPE_FILE
+    return run_unless_done([config], recipe_file, prune, overwrite=overwrite)
+
+
+def check_chain_dirs(
+    config: PDQConfig,
+    prune_config: PruneConfig,
+    model_args: ModelConfig,
+    train_config: DistillConfig,
+    quantize_config: QuantizeConfig,
+) -> None:
+    """Refuse, before any step runs, a chain or step directory that holds a run of other settings (unless
+    `overwrite`): a changed stage recipe is named here, not after hours of pruning and training."""
+    check_run_dir([config], Path(config.output_dir) / PDQ_RECIPE_FILE, config.overwrite)
+    check_run_dir([prune_config], Path(prune_config.output_dir) / PRUNE_RECIPE_FILE, config.overwrite)
+    distilled = Path(train_config.output_dir) / TRAIN_RECIPE_FILE
+    check_run_dir([model_args, train_config], distilled, config.overwrite)
 
 
 def _layers(path: Path) -> int:
@@ -156,15 +178,18 @@ def format_chain(rows: list[dict]) -> str:
 def run_chain(config: PDQConfig) -> tuple[list[dict], list[RunResult]]:
     """Run prune -> distil -> quantize; returns (the chain table's rows, every evaluation result)."""
     prune_config, model_args, train_config, quantize_config = stage_configs(config)
+    check_model_source(config.teacher, "teacher")  # before any step, not when pruning loads it
+    check_chain_dirs(config, prune_config, model_args, train_config, quantize_config)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_recipe([config], out / "pdq_recipe.yaml")
+    start_run([config], out / PDQ_RECIPE_FILE)  # not cleared: each step's own record decides what is reused
     logger.info("[prune] %s", config.prune_recipe)
-    repruned = prune_step(prune_config)
+    repruned = prune_step(prune_config, config.overwrite)
     pruned = Path(prune_config.output_dir)
     logger.info("[distil] %s", config.train_recipe)
-    train_unless_done(model_args, train_config, redo=repruned)  # a new pruned model: distil it again
+    # a new pruned model: distil it again
+    train_unless_done(model_args, train_config, redo=repruned, overwrite=config.overwrite)
     logger.info("[quantize] %s", config.quantize_recipe)
+    clear_dir(quantize_config.output_dir)  # redone every run, never reused: no other profile's artifact stays
     reference, artifacts = build_artifacts(quantize_config)
     measured, quantized_results = measure_artifacts(reference, artifacts, quantize_config)
     before = evaluate_models(
@@ -178,7 +203,9 @@ def run_chain(config: PDQConfig) -> tuple[list[dict], list[RunResult]]:
     rows = chain_rows(Path(config.teacher), pruned, reference, measured, results)
     tables = f"{format_chain(rows)}\n\n{format_table(measured)}"
     write_results(out, "pdq", {"chain": rows, "artifacts": measured}, tables)
+    clear_dir(out / "report")  # rewritten whole: no samples of an earlier run's models stay
     write_report(results, out / "report")
+    finish_run(out / PDQ_RECIPE_FILE)
     return rows, results
 
 

@@ -37,3 +37,10 @@ class PDQConfig:
     output_dir: str = field(
         default="outputs/pdq", metadata={"help": "pruned/, distilled/, quantized/, report."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Clear and redo the steps whose directories hold runs of other settings instead of "
+            "refusing; finished steps of unchanged settings are still reused."
+        },
+    )

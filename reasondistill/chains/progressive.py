@@ -17,7 +17,9 @@ Every step uses the same train and generate recipes (plus overrides), so the stu
 and the direct student differ only in whose traces they learn from. The starting models are model
 directories or hub ids with the teacher's tokenizer (recipes/demo/progressive.yaml shows how to build
 fresh demo-size ones). A step whose output holds a finished run of the same resolved settings is
-reused; generation resumes. LoRA steps save their merged model, which the next step reads.
+reused; generation resumes. A chain or step directory holding a run of other settings is refused before
+any step runs, naming what differs; with `--overwrite` those steps (and the traces of a retrained
+assistant) are cleared and run again. LoRA steps save their merged model, which the next step reads.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from trl import ModelConfig
 
 from reasondistill.chains.progressive_config import ProgressiveConfig
 from reasondistill.core.markdown_table import markdown_table
-from reasondistill.core.model_dir import parameter_count
-from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.model_dir import check_model_source, parameter_count
+from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
+from reasondistill.core.run_reuse import check_run_dir, clear_dir, finish_run, start_run
 from reasondistill.core.traces import trace_totals
 from reasondistill.evaluate.benchmark_specs import load_benchmark
 from reasondistill.evaluate.evaluate import evaluate_models
@@ -43,11 +46,12 @@ from reasondistill.evaluate.results import ModelSpec, RunResult
 from reasondistill.generate.generate import generate
 from reasondistill.generate.generate_config import GenerateConfig
 from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.train import MERGED_DIR, train_unless_done
+from reasondistill.train.train import MERGED_DIR, RECIPE_FILE, train_unless_done
 
 logger = logging.getLogger(__name__)
 
 CHAIN_HEADER = ("model", "learned from", "parameters", "traces it learned from", "pass@1", "95% CI")
+PROGRESSIVE_RECIPE_FILE = "progressive_recipe.yaml"
 
 
 @dataclass
@@ -99,14 +103,16 @@ def model_dir(step: Step) -> Path:
 def assistant_generate_config(config: ProgressiveConfig, step: Step, traces_dir: str) -> GenerateConfig:
     """How assistant `step` writes the traces the next model learns from (`assistant_traces`)."""
     overrides = ["--teacher", str(model_dir(step)), "--output_dir", traces_dir]
-    if config.assistant_traces == "score":  # the teacher's kept completions, rendered as the recipe says
-        overrides += ["--mode", "score", "--prompts", config.traces, "--question_field", "question"]
-        overrides += ["--answer_field", "gold_answer", "--completion_field", "completion_token_ids"]
+    overrides += ["--overwrite", str(config.overwrite).lower()]  # traces of other settings: as the steps
+    if (
+        config.assistant_traces == "score"
+    ):  # every kept completion of the teacher, rendered as the recipe says
+        overrides += ["--mode", "score", "--prompts", config.traces, "--num_prompts", "null"]
+        overrides += ["--question_field", "question", "--answer_field", "gold_answer"]
+        overrides += ["--completion_field", "completion_token_ids"]
     (generate_config,) = parse_recipe(
         config.generate_recipe, (GenerateConfig,), config.generate_overrides + overrides
     )
-    if config.assistant_traces == "score":
-        generate_config.num_prompts = None  # every teacher trace (a recipe cannot say None on the CLI)
     return generate_config
 
 
@@ -140,13 +146,23 @@ def run_progressive(config: ProgressiveConfig) -> tuple[list[dict], list[RunResu
     if len(evaluate_config.benchmark) != 1:
         raise ValueError(f"the evaluate recipe must name one benchmark, got {evaluate_config.benchmark}")
     load_benchmark(evaluate_config.benchmark[0])  # an unknown one fails now, not after training
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_recipe([config], out / "progressive_recipe.yaml")
+    check_model_source(config.teacher, "teacher")  # every model now, not when its step comes
+    for assistant in config.assistants:
+        check_model_source(assistant, "assistants")
+    check_model_source(config.student, "student")
+    # a directory of other settings is refused now, not after the steps before it trained
+    check_run_dir([config], out / PROGRESSIVE_RECIPE_FILE, config.overwrite)
+    for step in chain:
+        check_run_dir(
+            [step.model_args, step.args], Path(step.args.output_dir) / RECIPE_FILE, config.overwrite
+        )
+    start_run([config], out / PROGRESSIVE_RECIPE_FILE)  # not cleared: each step's own record decides
 
     retrained = set()  # models trained in this run: what learned from their old traces is stale
     for step in chain:
         logger.info("[train] %s <- %s's traces (%s)", step.name, step.teacher_name, step.args.traces)
-        if train_unless_done(step.model_args, step.args, redo=step.teacher_name in retrained):
+        stale = step.teacher_name in retrained
+        if train_unless_done(step.model_args, step.args, redo=stale, overwrite=config.overwrite):
             retrained.add(step.name)
         if step.name in generate_configs:
             logger.info("[generate] %s's traces", step.name)
@@ -177,7 +193,9 @@ def run_progressive(config: ProgressiveConfig) -> tuple[list[dict], list[RunResu
             }
         )
     write_results(out, "progressive", rows, chain_table(rows))
+    clear_dir(out / "report")  # rewritten whole: no samples of an earlier run's models stay
     write_report(results, out / "report")
+    finish_run(out / PROGRESSIVE_RECIPE_FILE)
     return rows, results
 
 

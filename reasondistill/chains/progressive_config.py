@@ -55,6 +55,14 @@ class ProgressiveConfig:
         default=True, metadata={"help": "Also train the student directly on the teacher's traces."}
     )
     output_dir: str = field(default="outputs/progressive", metadata={"help": "Every step's output."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Clear and redo the steps whose directories hold runs of other settings (and traces "
+            "made with other settings) instead of refusing; finished steps of unchanged settings are "
+            "still reused."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.assistants:

@@ -16,11 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
+from reasondistill.core.model_dir import adapter_base, check_model_source, is_adapter_dir
 
 
 def quantization_of(model_dir: str | Path) -> dict | None:
@@ -43,17 +39,6 @@ def check_full_precision(model_dir: str | Path, role: str) -> None:
         )
 
 
-def adapter_base(adapter_dir: str | Path) -> str:
-    """The base model an adapter was trained on (`base_model_name_or_path` of adapter_config.json)."""
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ValueError(
-            f"{adapter_dir}/{ADAPTER_CONFIG} names no base_model_name_or_path; pass it with --base_model"
-        )
-    return base
-
-
 def load_merged(source: str | Path, base_model: str | None = None) -> PreTrainedModel:
     """Load `source` in float32: a full model directory as it is, an adapter directory merged into its base.
 
@@ -64,14 +49,10 @@ def load_merged(source: str | Path, base_model: str | None = None) -> PreTrained
     from peft import PeftModel
 
     source = Path(source)
-    if not source.is_dir():
+    if not source.is_dir():  # a hub id too: the merge reads local files
         raise ValueError(f"{source} is not a directory; give a model directory or a PEFT adapter directory")
+    check_model_source(str(source), "model", base_model)  # an adapter whose base moved: the --base_model hint
     if not is_adapter_dir(source):
-        if not (source / "config.json").is_file():
-            raise ValueError(
-                f"{source} has neither config.json (a model) nor {ADAPTER_CONFIG} (a PEFT adapter); "
-                "give the directory the trainer wrote"
-            )
         check_full_precision(source, "model")
         return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     base = base_model or adapter_base(source)

@@ -31,8 +31,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from reasondistill.compress.merge import check_full_precision
 from reasondistill.compress.prune_config import PruneConfig
+from reasondistill.core.model_dir import check_model_source
 from reasondistill.core.prompts import load_prompts, render_prompt
-from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.run_reuse import run_in_dir
 
 logger = logging.getLogger(__name__)
 
@@ -224,14 +226,13 @@ PRUNE_INFO_FILE = "prune_info.json"
 
 
 def save_pruned(config: PruneConfig) -> tuple[Path, dict]:
-    """Prune and write the model directory with `prune_info.json` and the resolved recipe (written last,
-    so its presence marks a finished run)."""
+    """Prune and write the model directory with `prune_info.json`; the caller records the run in it
+    (`run_in_dir` or `run_unless_done` with PRUNE_RECIPE_FILE)."""
     model, tokenizer, info = prune_model(config)
     out = Path(config.output_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / PRUNE_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    save_resolved_recipe([config], out / PRUNE_RECIPE_FILE)
     return out, info
 
 
@@ -244,6 +245,8 @@ def describe(config: PruneConfig, out: Path, info: dict) -> str:
 
 def run_prune(recipe: str | None, overrides: list[str]) -> int:
     (config,) = parse_recipe(recipe, (PruneConfig,), overrides)
-    out, info = save_pruned(config)
+    check_model_source(config.model, "model")
+    with run_in_dir([config], Path(config.output_dir) / PRUNE_RECIPE_FILE, config.overwrite):
+        out, info = save_pruned(config)
     logger.info(describe(config, out, info))
     return 0

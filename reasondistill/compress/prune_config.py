@@ -32,6 +32,12 @@ class PruneConfig:
     )
     batch_size: int = field(default=16, metadata={"help": "Calibration sequences per forward pass."})
     seed: int = field(default=0, metadata={"help": "Seed of the bundled task's prompts."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Clear output_dir first when it holds a pruned model (else other settings are refused)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_layers is not None and self.num_layers < 1:

@@ -21,14 +21,16 @@ from reasondistill.compress.measure import Artifact, measure_accuracy, measure_s
 from reasondistill.compress.merge import check_full_precision, is_adapter_dir, merge_adapter
 from reasondistill.compress.quantize_config import QuantizeConfig
 from reasondistill.core.markdown_table import markdown_table
-from reasondistill.core.model_dir import parameter_count
-from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.model_dir import check_model_source, parameter_count
+from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
+from reasondistill.core.run_reuse import run_in_dir
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
 
 logger = logging.getLogger(__name__)
 
 REFERENCE = "reference"
+QUANTIZE_RECIPE_FILE = "quantize_recipe.yaml"
 WRITTEN_HERE = ("F16", "Q8_0", "Q4_0")  # GGUF types gguf_export writes itself; others need llama.cpp
 TABLE_HEADER = (
     "artifact",
@@ -155,16 +157,15 @@ def run_quantize(recipe: Path | None, overrides: list[str]) -> int:
     from reasondistill.evaluate.report import write_report
 
     (config,) = parse_recipe(recipe, (QuantizeConfig,), overrides)
+    check_model_source(config.model, "model", config.base_model)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_recipe([config], out / "quantize_recipe.yaml")
-    reference, artifacts = build_artifacts(config)
-    if not config.measure:
-        return 0
-    rows, results = measure_artifacts(reference, artifacts, config)
-    table = format_table(rows)
-    write_results(out, "measurements", rows, table)
-    if results:
-        write_report(results, out / "eval")
-    logger.info(table)
+    with run_in_dir([config], out / QUANTIZE_RECIPE_FILE, config.overwrite):
+        reference, artifacts = build_artifacts(config)
+        if config.measure:
+            rows, results = measure_artifacts(reference, artifacts, config)
+            table = format_table(rows)
+            write_results(out, "measurements", rows, table)
+            if results:
+                write_report(results, out / "eval")
+            logger.info(table)
     return 0

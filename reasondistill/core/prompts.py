@@ -8,6 +8,7 @@ agree on who does what.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from reasondistill.core.grading import gsm8k_gold
 
 TASK_PREFIX = "task:"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # loader by file extension
 AnswerFormat = Literal["plain", "gsm8k"]  # gsm8k: the gold answer follows the last "#### " of its column
 
 
@@ -37,7 +39,8 @@ def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
     import datasets
 
     path = Path(source)
-    if not path.exists() and HUB_ID.fullmatch(source) and not source.startswith((".", "/")):
+    local = path.exists() or source.startswith((".", "/")) or path.suffix in FILE_KINDS
+    if not local and HUB_ID.fullmatch(source):
         # A hub dataset id (e.g. openai/gsm8k with subset main): for machines that reach the hub.
         return list(datasets.load_dataset(source, subset, split=split))
     if not path.exists():
@@ -48,11 +51,13 @@ def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
     if path.is_file():
         if path.stat().st_size == 0:
             return []
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        kind = FILE_KINDS.get(path.suffix)
         if kind is None:
             raise ValueError(
                 f"prompt file {source!r}: unsupported extension {path.suffix!r} (use .jsonl or .parquet)"
             )
+        if kind == "json":
+            return _json_rows(path)
         return list(datasets.load_dataset(kind, data_files=str(path), split="train"))
     if (path / "dataset_info.json").exists() or (path / "state.json").exists():
         loaded = datasets.load_from_disk(str(path))
@@ -65,6 +70,41 @@ def _load_rows(source: str, split: str, subset: str | None) -> list[dict]:
             )
         loaded = loaded[split]
     return list(loaded)
+
+
+def _json_rows(path: Path) -> list[dict]:
+    """Rows of a JSON Lines file (or a .json file holding one list of objects), parsed here rather than
+    by `datasets` so that an error names the file and the line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a BOM, as some editors write
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"prompt file {path}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from e
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # one document: a list of rows
+        rows = [(f"item {i}", row) for i, row in enumerate(_parse_json(path, text, 1))]
+    else:  # split on "\n" only: a JSON string may hold U+2028, which splitlines() would cut at
+        lines = enumerate(text.split("\n"), 1)
+        rows = [(f"line {i}", _parse_json(path, line, i)) for i, line in lines if line.strip()]
+    for place, row in rows:
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"prompt file {path}, {place}: a JSON {type(row).__name__}, not an object; each row must be "
+                'an object such as {"question": "...", "answer": "..."}'
+            )
+    return [row for _, row in rows]
+
+
+def _parse_json(path: Path, text: str, first_line: int) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"prompt file {path}, line {first_line + e.lineno - 1}: not valid JSON ({e.msg} at column "
+            f"{e.colno}); fix that line"
+        ) from e
 
 
 def completion_of(value) -> str | tuple[int, ...]:

@@ -6,22 +6,24 @@ for short. Parsing runs on TRL's ``TrlParser``: its ``set_defaults_with_config``
 the parser's defaults (``--help`` shows them), and ``--key value`` flags override them. Every bool field
 also gets a ``--no_<key>`` flag. A key shared by two dataclasses sets both.
 
-Three things TrlParser does not do are done here. The YAML is read with two YAML 1.2 rules instead of
+Four things TrlParser does not do are done here. The YAML is read with two YAML 1.2 rules instead of
 PyYAML's YAML 1.1 ones (TrlParser uses ``yaml.safe_load``): ``1e-4`` is a float (not the string "1e-4"),
 and only true/false are booleans (``yes``/``no``/``on``/``off`` stay strings). Every key and value, from
 the file and from the command line, is checked against the dataclasses' type hints, with a "did you
-mean" for a misspelt key. A relative recipe path that the working directory lacks is looked up in the
-installed package (``recipes/demo/train.yaml``), so the same strings work in a checkout and from a wheel.
+mean" for a misspelt key, and NaN or infinity is refused in every number. ``--key null`` (or ``None``)
+sets a field that may be null back to null. A relative recipe path that the working directory lacks is
+looked up in the installed package (``recipes/demo/train.yaml``), so the same strings work in a checkout
+and from a wheel.
 """
 
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import re
-import tempfile
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -30,10 +32,13 @@ import yaml
 from trl import TrlParser
 
 __all__ = [
+    "SECRET_FIELDS",
     "RecipeError",
+    "check_finite",
     "locate_recipe",
     "matches_saved_recipe",
     "parse_recipe",
+    "recipe_changes",
     "save_resolved_recipe",
     "split_recipe_argument",
 ]
@@ -63,6 +68,7 @@ _RecipeLoader.add_implicit_resolver(  # PyYAML's float pattern needs a dot; this
 )
 
 _UNSET = object()  # marks argparse destinations that the command line did not set
+NULL_WORDS = ("null", "None")  # on the command line, the value of a field that may be null
 
 
 def _is_enum(hint: Any) -> bool:
@@ -131,14 +137,44 @@ def _conform(value: Any, hint: Any) -> Any:
     return value
 
 
+def _admits_none(hint: Any) -> bool:
+    return hint is type(None) or (
+        get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    )
+
+
+def _nonfinite(value: Any) -> bool:
+    """Whether `value` is, or holds, a NaN or an infinity (YAML's .nan/.inf, the command line's nan/inf)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(map(_nonfinite, value.values()))
+    if isinstance(value, list | tuple | set):
+        return any(map(_nonfinite, value))
+    return False
+
+
 def _checked(where: str, key: str, value: Any, hint: Any, source: str) -> Any:
     try:
-        return _conform(value, hint)
+        value = _conform(value, hint)
     except TypeError:
         raise RecipeError(
             f"{where}: key '{key}' expects {_describe(hint)}, got {value!r} ({type(value).__name__}) "
             f"{source}; fix its value"
         ) from None
+    if _nonfinite(value):  # NaN passes every `x < 0` check after this and would surface much later
+        raise RecipeError(
+            f"{where}: key '{key}' must be a finite number, got {value!r} {source}; fix its value"
+        )
+    return value
+
+
+def check_finite(config: object) -> None:
+    """Refuse NaN and infinity in a dataclass's settings; for configs built in Python (parse_recipe
+    already refuses them in recipes). Raises ValueError naming the field."""
+    for field in dataclasses.fields(config):
+        if field.init and _nonfinite(value := getattr(config, field.name)):
+            raise ValueError(f"{field.name} must be a finite number, got {value!r}")
 
 
 def locate_recipe(path: str | os.PathLike) -> Path:
@@ -214,6 +250,16 @@ def split_recipe_argument(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return _take_config_flag(None, args)
 
 
+def _or_null(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type` that reads NULL_WORDS as None and anything else as `convert` does."""
+
+    def parse(text: str) -> Any:
+        return None if text in NULL_WORDS else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in "invalid int value"
+    return parse
+
+
 def _is_required(f: dataclasses.Field) -> bool:
     return f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
@@ -264,6 +310,12 @@ def parse_recipe(
     for action in parser._actions:
         if isinstance(action.help, str):  # argparse %-formats help: a plain "95%" would break --help
             action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
+    for (
+        action
+    ) in parser._actions:  # `--key null` for a field that may be null (argparse would say "invalid int")
+        if isinstance(action, argparse._StoreAction) and _admits_none(hints.get(action.dest)):
+            action.type = _or_null(action.type or str)
+            action.choices = None if action.choices is None else [*action.choices, None]
     for name, hint in hints.items():  # HfArgumentParser adds --no_<key> only to bools that default to True
         if (hint is bool or hint == bool | None) and f"--no_{name}" not in parser._option_string_actions:
             parser.add_argument(f"--no_{name}", action="store_false", dest=name, help=argparse.SUPPRESS)
@@ -281,6 +333,7 @@ def parse_recipe(
         raise RecipeError(f"{where}: unknown command-line argument '{flag}'{suggestion}; see --help")
     for key, value in vars(namespace).items():  # argparse converted these; checked again because
         if value is not _UNSET:  # HfArgumentParser has gaps: `--betas 0.5` for a tuple gives ('0', '.', '5')
+            value = None if value == [None] else value  # `--list_key null`
             values[key] = _checked(where, key, value, hints[key], "on the command line")
 
     configs = []
@@ -319,13 +372,8 @@ def _plain(value: Any) -> Any:
 SECRET_FIELDS = frozenset({"hub_token"})  # written as null by save_resolved_recipe
 
 
-def save_resolved_recipe(configs: Iterable[object], path: str | os.PathLike) -> None:
-    """Write the fully resolved settings (every field of every dataclass, after overrides) as YAML,
-    so a run directory records exactly what produced it; it must re-parse with parse_recipe to equal configs.
-
-    A key shared by two dataclasses is written once; it must hold the same value in both. Credentials
-    (SECRET_FIELDS) are written as null: pass them again, or through the environment, to re-run.
-    """
+def _resolved_settings(configs: Iterable[object]) -> dict[str, Any]:
+    """Every field of every dataclass as YAML-safe data, a shared key once, credentials as null."""
     resolved: dict[str, Any] = {}
     for config in configs:
         for field in filter(lambda f: f.init, dataclasses.fields(config)):
@@ -333,27 +381,48 @@ def save_resolved_recipe(configs: Iterable[object], path: str | os.PathLike) -> 
             value = None if field.name in SECRET_FIELDS else _plain(getattr(config, field.name))
             if resolved.setdefault(field.name, value) != value:
                 raise ValueError(f"cannot save '{field.name}': two dataclasses hold different values for it")
+    return resolved
+
+
+def save_resolved_recipe(configs: Iterable[object], path: str | os.PathLike) -> None:
+    """Write the fully resolved settings (every field of every dataclass, after overrides) as YAML,
+    so a run directory records exactly what produced it; it must re-parse with parse_recipe to equal configs.
+
+    A key shared by two dataclasses is written once; it must hold the same value in both. Credentials
+    (SECRET_FIELDS) are written as null: pass them again, or through the environment, to re-run.
+    """
     header = "# Resolved settings of this run (recipe + command-line overrides); re-usable as a recipe.\n"
-    Path(path).write_text(
-        header + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
+    text = yaml.safe_dump(_resolved_settings(configs), sort_keys=False, allow_unicode=True)
+    Path(path).write_text(header + text, encoding="utf-8")
 
 
-def matches_saved_recipe(configs: Iterable[object], path: str | os.PathLike) -> bool:
-    """Whether `path` (a run's saved recipe) holds exactly these resolved settings, so that the finished
-    run can be reused instead of repeated.
+# Where and how a run is started, not what it computes: a run directory moved elsewhere, cleared with
+# --overwrite or resumed holds the same run.
+RUN_CONTROL_FIELDS = frozenset({"output_dir", "overwrite", "resume_from_checkpoint"})
+
+
+def _short(value: Any) -> str:
+    """A setting's value for a one-line message; "(unset)" for a field one side lacks."""
+    if value is _UNSET:
+        return "(unset)"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def recipe_changes(
+    configs: Iterable[object], path: str | os.PathLike, ignore: Collection[str] = ()
+) -> list[str]:
+    """How these resolved settings differ from the run recorded in `path` (a saved recipe), one
+    "key: old -> new" per setting; empty when they are the same run. RUN_CONTROL_FIELDS and `ignore`
+    (a stage's settings that change no output, such as generate's NON_SEMANTIC_FIELDS) do not count.
 
     A field the saved recipe lacks matches when it holds its default: it was added by a later version,
     and a run from before it existed did what its default does."""
-    if not Path(path).is_file():
-        return False
     configs = list(configs)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_resolved_recipe(configs, Path(tmp) / "recipe.yaml")
-        current = yaml.safe_load((Path(tmp) / "recipe.yaml").read_text(encoding="utf-8"))
+    current = _resolved_settings(configs)
     saved = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(saved, dict) or saved.keys() - current.keys():
-        return False
+    if not isinstance(saved, dict):
+        return [f"{path} is not a saved recipe"]
     defaults = {}
     for config in configs:
         for field in dataclasses.fields(config):
@@ -361,7 +430,14 @@ def matches_saved_recipe(configs: Iterable[object], path: str | os.PathLike) -> 
                 defaults.setdefault(field.name, _plain(field.default))
             elif field.default_factory is not dataclasses.MISSING:
                 defaults.setdefault(field.name, _plain(field.default_factory()))
-    return all(
-        saved[name] == value if name in saved else name in defaults and defaults[name] == value
-        for name, value in current.items()
-    )
+    changes = []
+    for name in [*current, *(name for name in saved if name not in current)]:
+        old, new = saved.get(name, defaults.get(name, _UNSET)), current.get(name, _UNSET)
+        if name not in RUN_CONTROL_FIELDS and name not in ignore and old != new:
+            changes.append(f"{name}: {_short(old)} -> {_short(new)}")
+    return changes
+
+
+def matches_saved_recipe(configs: Iterable[object], path: str | os.PathLike) -> bool:
+    """Whether `path` (a run's saved recipe) holds exactly these resolved settings (`recipe_changes`)."""
+    return Path(path).is_file() and not recipe_changes(configs, path)

@@ -5,12 +5,14 @@ A trace dataset is a directory of Parquet shards plus a dataset card:
     OUT/README.md                               card: YAML `configs:` header, metadata, totals
     OUT/trace_info.json                         TraceInfo (dataset-level metadata)
     OUT/data/train-00003-of-00010.parquet       one shard: records, TraceInfo and shard stats in its footer
+    OUT/data/train-00003-of-00010.parquet.sha256  its sha256 (`sha256sum -c` format), written after it
 
 One record is one (prompt, sample) completion. Columns, dtypes, shapes, the top-k encoding and its
 error bound are specified in docs/trace_schema.md (schema version SCHEMA_VERSION). Shards are published
 atomically (temp file, fsync, hard link that refuses to overwrite), so a killed writer leaves at most an
-ignored temp file, and a resumed run regenerates only the missing shards. No vLLM here; `datasets` is
-imported only by `load_traces`.
+ignored temp file, and a resumed run regenerates only the missing shards. Each shard's bytes are checked
+against its recorded sha256 when a run resumes and when `load_traces` opens the dataset, so a damaged
+shard is named, never counted complete. No vLLM here; `datasets` is imported only by `load_traces`.
 
 One module of ~600 lines on purpose: writer, reader, card and footer checks are the contract, and a
 change to one must be read beside the others (docs/trace_schema.md describes the same file).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -38,6 +41,8 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     import datasets
 
+logger = logging.getLogger(__name__)
+
 SCHEMA_VERSION = "1.1"  # major.minor; a reader accepts every minor version of its major
 INFO_KEY, SHARD_KEY = b"reasondistill.trace_info", b"reasondistill.shard"  # Parquet footer keys
 INFO_FILE, CARD_FILE, DATA_DIR = "trace_info.json", "README.md", "data"
@@ -54,13 +59,28 @@ ROW_GROUP_RECORDS = 256
 SHARD_NAME = re.compile(r"^train-(\d{5})-of-(\d{5})\.parquet$")
 TOPK_COLUMNS = ("topk_ids", "topk_logprob_codes")
 STRING_COLUMNS = ("prompt_id", "question", "prompt", "finish_reason", "extracted_answer", "gold_answer")
+CHECKSUM_SUFFIX = ".sha256"  # train-00003-of-00010.parquet.sha256 beside its shard
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 REDO = "delete it and re-run `reasondistill generate` with the same recipe and output directory"
+REPAIR = (
+    "re-run `reasondistill generate` with the same recipe and output directory and --repair to regenerate "
+    "it (the other shards are kept)"
+)
 PROMPT_RENDER_KEYS = ("system_prompt", "instruction", "think_prefill")  # render_prompt's settings
 
 
 class TraceFormatError(ValueError):
     """A shard, record or metadata block that breaks the contract; the message names the file or field
     and the fix."""
+
+
+class CorruptShardError(TraceFormatError):
+    """A published shard whose bytes are damaged (truncated, changed on disk); --repair regenerates it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        problem = " ".join(problem.split())  # one line, whatever pyarrow's message holds
+        super().__init__(f"{path}: {problem}; {REPAIR}")
+        self.path, self.problem = path, problem
 
 
 def trace_schema(k: int) -> pa.Schema:
@@ -292,6 +312,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def checksum_path(shard: Path) -> Path:
+    """Where a shard's sha256 is recorded: beside it, outside the `train-*.parquet` pattern."""
+    return shard.with_name(shard.name + CHECKSUM_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _record_checksum(shard: Path, digest: str) -> None:
+    _atomic_write_text(checksum_path(shard), f"{digest}  {shard.name}\n")  # sha256sum -c reads it
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     temp = _temp_path(path)
     with open(temp, "w", encoding="utf-8") as f:
@@ -313,7 +347,9 @@ def write_shard(
     """Validate, encode and atomically publish one shard; return its path.
 
     stats: the generator's counters for this shard, e.g. {"dropped_no_answer": 3}; stored in the footer
-    and summed in the card. An existing shard is never overwritten (FileExistsError).
+    and summed in the card. An existing shard is never overwritten (FileExistsError). Its sha256 is
+    recorded after it is published (checksum_path): a writer killed in between leaves a shard without
+    one, which `completed_shards` validates in full and records; a shard and its checksum never disagree.
     """
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index={shard_index} is outside [0, num_shards={num_shards})")
@@ -355,6 +391,10 @@ def write_shard(
             f.flush()
             os.fsync(f.fileno())
         read_shard(temp)  # never publish a shard that the reader would refuse
+        digest = _sha256(temp)
+        if (stale := checksum_path(final)).exists():  # left by a deleted shard: it must not judge this one
+            stale.unlink()
+            _fsync_dir(final.parent)
         try:
             os.link(temp, final)  # atomic, and unlike os.replace it refuses to overwrite
         except FileExistsError as e:
@@ -366,6 +406,7 @@ def write_shard(
         _fsync_dir(final.parent)
     finally:
         temp.unlink(missing_ok=True)
+    _record_checksum(final, digest)
     return final
 
 
@@ -374,9 +415,7 @@ def _footer(path: Path) -> tuple[TraceInfo, dict, pq.FileMetaData]:
     try:
         metadata = pq.read_metadata(path)
     except (OSError, pa.ArrowException) as e:
-        raise TraceFormatError(
-            f"{path}: not a readable Parquet shard, truncated or corrupt ({e}); {REDO}"
-        ) from e
+        raise CorruptShardError(path, f"not a readable Parquet shard, truncated or corrupt ({e})") from e
     kv = metadata.metadata or {}
     if INFO_KEY not in kv or SHARD_KEY not in kv:
         raise TraceFormatError(f"{path}: no reasondistill trace metadata, not a trace shard; move it away")
@@ -406,12 +445,46 @@ def _shards(out_dir: str | Path) -> tuple[dict[int, Path], int | None]:
     return found, counts.pop() if counts else None
 
 
-def completed_shards(out_dir: str | Path, num_shards: int, info: TraceInfo | None = None) -> set[int]:
-    """Indices of the published shards of a `num_shards` split, for resuming.
+def verify_shard(path: str | Path) -> bool:
+    """Check a published shard's bytes against the sha256 recorded when it was written; True if it had one.
+
+    A shard without a recorded checksum (written before reasondistill recorded them, or by a writer killed
+    between the shard and its checksum) is read and validated in full instead (read_shard: page CRCs,
+    schema, codes) and False is returned. A damaged shard raises CorruptShardError naming it and the fix.
+    """
+    path = Path(path)
+    try:
+        line = checksum_path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        read_shard(path)
+        return False
+    recorded = line.split()[0] if line.split() else ""
+    if not SHA256_HEX.match(recorded):
+        raise CorruptShardError(path, f"its checksum file {checksum_path(path).name} holds no sha256")
+    if _sha256(path) != recorded:
+        raise CorruptShardError(
+            path, f"its bytes changed since it was written (sha256 differs from {checksum_path(path).name})"
+        )
+    return True
+
+
+def _delete_shard(path: Path) -> None:
+    path.unlink()
+    checksum_path(path).unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def completed_shards(
+    out_dir: str | Path, num_shards: int, info: TraceInfo | None = None, repair: bool = False
+) -> set[int]:
+    """Indices of the published, intact shards of a `num_shards` split, for resuming.
 
     Temp files are ignored; those older than STALE_TEMP_SECONDS are deleted (younger ones may belong to a
-    live worker writing into the same directory). With `info`, shards and trace_info.json of another
-    recipe, tokenizer or k are refused; so is a shard whose footer cannot be read.
+    live worker writing into the same directory). Every shard is checked against its recorded sha256
+    (verify_shard); shards without one are validated in full and their checksums recorded now. A corrupt
+    shard raises CorruptShardError, or with `repair` is deleted (with its checksum) and left out, so the
+    caller regenerates it. With `info`, shards and trace_info.json of another recipe, tokenizer or k are
+    refused.
     """
     found, count = _shards(out_dir)
     for temp in (Path(out_dir) / DATA_DIR).glob(".train-*.tmp-*"):
@@ -424,11 +497,29 @@ def completed_shards(out_dir: str | Path, num_shards: int, info: TraceInfo | Non
         )
     if info is not None and (Path(out_dir) / INFO_FILE).exists():
         info.check_compatible(read_info(out_dir), str(Path(out_dir) / INFO_FILE))
-    for path in found.values():
-        shard_info = _footer(path)[0]
+    intact, unchecked = set(), []
+    for index, path in found.items():
+        try:
+            if not verify_shard(path):
+                unchecked.append(path)
+        except CorruptShardError as error:
+            if not repair:
+                raise
+            logger.warning(f"{path}: {error.problem}; deleted it to regenerate it (--repair)")
+            _delete_shard(path)
+            continue
         if info is not None:
-            info.check_compatible(shard_info, str(path))
-    return set(found)
+            info.check_compatible(_footer(path)[0], str(path))
+        intact.add(index)
+    for path in unchecked:
+        _record_checksum(path, _sha256(path))
+    if unchecked:
+        logger.info(
+            f"{len(unchecked)} shard(s) in {Path(out_dir) / DATA_DIR} had no recorded checksum (written "
+            "before reasondistill recorded them, or just before a crash): validated in full, checksums "
+            "recorded now"
+        )
+    return intact
 
 
 def read_shard(path: str | Path) -> pa.Table:
@@ -438,7 +529,7 @@ def read_shard(path: str | Path) -> pa.Table:
     try:
         table = pq.read_table(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
-        raise TraceFormatError(f"{path}: corrupt data pages ({e}); {REDO}") from e
+        raise CorruptShardError(path, f"corrupt data pages ({e})") from e
     for f in trace_schema(info.k):
         if f.name not in table.column_names:
             raise TraceFormatError(f"{path}: missing field {f.name!r}; {REDO}")
@@ -575,8 +666,9 @@ and error bounds: docs/trace_schema.md in reasondistill.
 def load_traces(out_dir: str | Path, **load_kwargs) -> datasets.Dataset:
     """The complete trace dataset as a `datasets.Dataset` (split 'train').
 
-    Refuses an incomplete dataset (missing shards) and shards of different recipes. load_kwargs go to
-    `datasets.load_dataset` (e.g. cache_dir, or streaming=True to skip the Arrow cache copy).
+    Refuses an incomplete dataset (missing shards), shards of different recipes and a shard whose bytes
+    differ from the checksum recorded when it was written (CorruptShardError; verify_shard). load_kwargs
+    go to `datasets.load_dataset` (e.g. cache_dir, or streaming=True to skip the Arrow cache copy).
     """
     import datasets
 
@@ -589,12 +681,19 @@ def load_traces(out_dir: str | Path, **load_kwargs) -> datasets.Dataset:
             "re-run `reasondistill generate` with the same recipe and output directory to finish them"
         )
     info = read_info(out_dir)
-    files = []
+    files, unchecked = [], 0
     for i in range(count):
+        unchecked += not verify_shard(found[i])
         shard_info, shard, _ = _footer(found[i])
         info.check_compatible(shard_info, str(found[i]))
         if shard["records"]:  # a shard whose samples were all filtered out is valid but has no rows to read
             files.append(str(found[i]))
+    if unchecked:  # read-only here: the next generate run on this directory records them
+        logger.info(
+            f"{unchecked} of {count} shards of {out_dir} have no recorded checksum (written before "
+            "reasondistill recorded them): validated in full instead; re-run `reasondistill generate` with "
+            "the same recipe and output directory to record them"
+        )
     if not files:
         raise TraceFormatError(
             f"{out_dir} holds no records: every sample was filtered out (counts by reason in its README.md); "

@@ -80,6 +80,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     logger.info(f"[2/6] teacher traces with vLLM ({recipe_path.parent / 'generate.yaml'})")
     # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
     generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
+    generate_config.overwrite = True  # the demo's own directories: a changed recipe regenerates
     traces_dir = generate(generate_config)
     totals = trace_totals(traces_dir)
     generated = totals.get("stats.generated", 0)
@@ -103,6 +104,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         + ["--num_prompts", str(students_config.heldout_prompts), "--num_samples", "1", "--keep", "all"]
         + ["--output_dir", str(Path(generate_config.output_dir).parent / f"{teacher_dir.name}-heldout")],
     )
+    heldout_config.overwrite = True
     heldout_dir = generate(heldout_config)
     results = train_students(students_config, recipe_path.parent, teacher_dir, traces_dir, heldout_dir)
     teacher, tokenizer = load_teacher(teacher_dir)
@@ -145,6 +147,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         ["--teacher", str(teacher_dir), "--traces", str(traces_dir), *siblings],
     )
     pdq_config.output_dir = str(Path(pdq_config.output_dir) / teacher_dir.name)
+    pdq_config.overwrite = True
     chain, chain_results = run_chain(pdq_config)
     logger.info(format_chain(chain))
 

@@ -94,7 +94,7 @@ def start_model(
     (prune_config,) = parse_recipe(
         recipe_dir / "prune.yaml", (PruneConfig,), overrides + override_arguments(config.prune)
     )
-    prune_step(prune_config)
+    prune_step(prune_config, overwrite=True)  # the demo's own directories: a changed recipe reruns
     return Path(prune_config.output_dir)
 
 
@@ -125,7 +125,7 @@ def train_students(
                 recipe_dir / "train.yaml", (ModelConfig, DistillConfig), overrides
             )
             began = time.time()
-            train_unless_done(model_args, args)
+            train_unless_done(model_args, args, overwrite=True)
             seconds = time.time() - began
             compute = json.loads((out / COMPUTE_FILE).read_text())
             if after:  # a chained method's compute includes what its start cost

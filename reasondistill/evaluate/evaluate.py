@@ -25,8 +25,10 @@ from transformers import AutoConfig, AutoTokenizer
 from reasondistill.core.engines import SamplingConfig, SamplingEngine, load_engine, prompt_seed
 from reasondistill.core.grading import AnswerType, answers_match, grade
 from reasondistill.core.logs import progress_bar
-from reasondistill.core.prompts import HUB_ID, PromptRecord, render_prompt
-from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.model_dir import check_chat_tokenizer, check_model_source, is_adapter_dir
+from reasondistill.core.prompts import PromptRecord, render_prompt
+from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.run_reuse import check_run_dir, finish_run, start_run
 from reasondistill.evaluate.benchmark_specs import BenchmarkSpec, load_benchmark, load_problems
 from reasondistill.evaluate.decontaminate import check_contamination, trace_questions
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
@@ -42,6 +44,7 @@ from reasondistill.evaluate.token_divergence import (
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+EVALUATE_RECIPE_FILE = "evaluate_recipe.yaml"
 
 
 def model_size_bytes(path: str) -> int | None:
@@ -55,18 +58,22 @@ def model_size_bytes(path: str) -> int | None:
     return sum(p.stat().st_size for p in weights) if weights else None
 
 
-def check_model(path: str) -> None:
-    """Refuse a model path that cannot load, before any model is loaded."""
-    location = Path(path)
-    if location.is_dir() and not (location / "config.json").exists():
-        raise ValueError(
-            f"model directory {path} has no config.json; give a Hugging Face model directory "
-            "(config.json, weights, tokenizer files), e.g. one written by save_pretrained"
-        )
-    if not location.exists() and not (HUB_ID.fullmatch(path) and not path.startswith((".", "/"))):
-        raise ValueError(
-            f"model directory {path} does not exist; check the path (cwd is {Path.cwd()}) or give a hub id"
-        )
+def check_model(path: str | Path, config: EvaluateConfig) -> None:
+    """Refuse a model that cannot load or render prompts, before any engine starts: a missing path, a
+    directory without config.json, tokenizer files or chat template, an adapter vLLM cannot load."""
+    if Path(path).suffix == ".gguf" and Path(path).is_file():  # llama.cpp's one-file model, tokenizer apart
+        if not config.tokenizer:
+            raise ValueError(
+                f"model {path} is a GGUF file: set --tokenizer to the directory of the model it was made from"
+            )
+    else:
+        check_model_source(path, "model")
+        if config.backend == "vllm" and is_adapter_dir(path):
+            raise ValueError(
+                f"model {path} is a LoRA adapter, which vLLM does not load as a model: merge it into its "
+                "base first (train's save_merged_model: OUTPUT_DIR/merged) or set --backend transformers"
+            )
+    check_chat_tokenizer(config.tokenizer or path, "tokenizer" if config.tokenizer else "model")
 
 
 def sampling_for(config: EvaluateConfig, spec: BenchmarkSpec) -> SamplingConfig:
@@ -138,14 +145,11 @@ def summarize(per_problem: list[list[dict]], seed: int, resamples: int) -> dict[
     return metrics
 
 
-def evaluate_benchmark(
-    config: EvaluateConfig,
-    model: ModelSpec,
-    spec: BenchmarkSpec,
-    problems: list[PromptRecord],
-    engine: SamplingEngine,
-) -> RunResult:
-    """Sample, grade and score one loaded model on one benchmark's problems."""
+def encode_prompts(
+    config: EvaluateConfig, model: ModelSpec, spec: BenchmarkSpec, problems: list[PromptRecord]
+) -> list[list[int]]:
+    """The problems rendered through the model's chat template, as token ids; done before any engine
+    starts, so that a prompt plus max_tokens longer than the context is refused first."""
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or model.path)
     rendered = [
         render_prompt(tokenizer, spec.user_turn(p.question), spec.system_prompt, None, spec.think_prefill)
@@ -153,6 +157,18 @@ def evaluate_benchmark(
     ]
     prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rendered]
     check_context(config, model.path, spec, prompt_ids)
+    return prompt_ids
+
+
+def evaluate_benchmark(
+    config: EvaluateConfig,
+    model: ModelSpec,
+    spec: BenchmarkSpec,
+    problems: list[PromptRecord],
+    prompt_ids: list[list[int]],
+    engine: SamplingEngine,
+) -> RunResult:
+    """Sample, grade and score one loaded model on one benchmark's problems (`encode_prompts`' ids)."""
     sampling = sampling_for(config, spec)
     seeds = [prompt_seed(config.seed, p.prompt_id) for p in problems]
 
@@ -244,13 +260,19 @@ def evaluate_models(
     if engine is not None and len(model_specs) != 1:
         raise ValueError("an already loaded engine can only evaluate its own model: pass one model")
     for model in model_specs:
-        check_model(model.path)
+        check_model(model.path, config)
+    # every model's prompts before the first engine starts (a minute for vLLM on CPU): bad lengths fail now
+    encoded = [
+        [encode_prompts(config, m, s, p) for s, p in zip(specs, problems, strict=True)] for m in model_specs
+    ]
     results = []
-    for model in model_specs:
+    for model, model_prompts in zip(model_specs, encoded, strict=True):
         model_engine = engine or load_engine(config.engine_config(model.path))
         try:
-            for spec, spec_problems in zip(specs, problems, strict=True):
-                results.append(evaluate_benchmark(config, model, spec, spec_problems, model_engine))
+            for spec, spec_problems, prompt_ids in zip(specs, problems, model_prompts, strict=True):
+                results.append(
+                    evaluate_benchmark(config, model, spec, spec_problems, prompt_ids, model_engine)
+                )
         finally:
             if engine is None:
                 model_engine.close()
@@ -263,23 +285,27 @@ def run_evaluate(recipe: Path | None, overrides: list[str]) -> int:
         raise ValueError("give at least one model and one benchmark: --model DIR [DIR ...] --benchmark NAME")
     names = config.model_name or [None] * len(config.model)
     models = [ModelSpec(path, name) for path, name in zip(config.model, names, strict=True)]
+    for model in models:  # before the traces' overlap check and the divergence section read them
+        check_model(model.path, config)
     contamination = None
     if config.traces:
         questions = trace_questions(config.traces)
         contamination = [check_contamination(questions, b, config.ngram_size) for b in config.benchmark]
     students = []
     if config.divergence_teacher:  # a missing teacher or another tokenizer fails before the long run
-        check_model(config.divergence_teacher)
+        check_model_source(config.divergence_teacher, "divergence_teacher")
         students = divergence_students(models, config.divergence_teacher)
-    results = evaluate_models(models, config.benchmark, config)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved_recipe([config], out / "evaluate_recipe.yaml")
+    # one run per output_dir, refused before any engine starts
+    record = check_run_dir([config], out / EVALUATE_RECIPE_FILE, config.overwrite)
+    results = evaluate_models(models, config.benchmark, config)
+    start_run([config], out / EVALUATE_RECIPE_FILE, clear=config.overwrite and record.state != "empty")
     sections = []
     if students:
         specs = [load_benchmark(b) for b in config.benchmark]
         settings = divergence_settings(config)
         sections.append(divergence_report(students, config.divergence_teacher, specs, out, settings))
     report = write_report(results, out, contamination, sections)
+    finish_run(out / EVALUATE_RECIPE_FILE)
     logger.info(f"report: {report}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from reasondistill.core.engines import EngineConfig
+from reasondistill.core.engines import EngineConfig, check_sampling
 
 
 @dataclass
@@ -69,6 +69,12 @@ class EvaluateConfig(EngineConfig):
     output_dir: str = field(
         default="outputs/eval", metadata={"help": "Report, results.json and per-sample JSONL go here."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Clear output_dir first when it holds an evaluation (else other settings are refused)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,8 +90,7 @@ class EvaluateConfig(EngineConfig):
         positive |= {"divergence_max_tokens": self.divergence_max_tokens}
         if bad := [name for name, value in positive.items() if value is not None and value < 1]:
             raise ValueError(f"{', '.join(bad)} must be at least 1")
-        if (self.temperature is not None and self.temperature < 0) or not 0 < (self.top_p or 1) <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        check_sampling(self.temperature, self.top_p)
 
     def engine_config(self, model: str) -> EngineConfig:
         """The engine settings for one of the models."""

@@ -1,6 +1,7 @@
 """`reasondistill generate RECIPE.yaml`: teacher traces with top-k logprobs, verified, as a dataset.
 
-Phases: read prompts -> check the output directory (resume or refuse) -> load the engine -> for
+Phases: read prompts -> check the output directory (resume or refuse; every existing shard checked
+against its recorded sha256, a corrupt one named, or deleted with `--repair`) -> load the engine -> for
 each missing shard: sample (or score) with top-k logprobs, grade, filter, write the shard atomically
 -> when every shard exists, write the dataset card.
 
@@ -35,8 +36,9 @@ from reasondistill.core.engines import (
 )
 from reasondistill.core.grading import grade
 from reasondistill.core.logs import progress_bar
+from reasondistill.core.model_dir import check_chat_tokenizer, check_model_source
 from reasondistill.core.prompts import PromptRecord, load_prompts, render_prompt
-from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
+from reasondistill.core.recipe import parse_recipe, recipe_changes, save_resolved_recipe
 from reasondistill.core.traces import (
     INFO_FILE,
     TraceInfo,
@@ -46,7 +48,7 @@ from reasondistill.core.traces import (
     write_card,
     write_shard,
 )
-from reasondistill.generate.generate_config import GenerateConfig
+from reasondistill.generate.generate_config import NON_SEMANTIC_FIELDS, GenerateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,15 @@ RECIPE_FILE = "generate_recipe.yaml"
 def engine_version(backend: str) -> str:
     module = __import__(backend)
     return f"{backend} {getattr(module, '__version__', 'unknown')}"
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an output_dir that cannot become a directory before anything is loaded."""
+    if blocker := next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None):
+        raise ValueError(
+            f"output_dir {out}: {blocker} is a file, not a directory; choose another output_dir "
+            "(nothing was changed)"
+        )
 
 
 def prepare_output_dir(config: GenerateConfig, info: TraceInfo) -> TraceInfo:
@@ -71,11 +82,14 @@ def prepare_output_dir(config: GenerateConfig, info: TraceInfo) -> TraceInfo:
             # An older minor's dataset is finished at this one; the same recipe rendered the same prompts.
             return replace(existing, prompt_render=info.prompt_render, schema_version=info.schema_version)
         if not config.overwrite:
+            recorded = out / RECIPE_FILE
+            changes = recipe_changes([config], recorded, NON_SEMANTIC_FIELDS) if recorded.is_file() else []
+            differ = ", ".join(changes) or (
+                f"recipe fingerprint {existing.recipe_fingerprint} -> {info.recipe_fingerprint}"
+            )
             raise ValueError(
-                f"output_dir {out} holds traces made with other settings (recipe fingerprint "
-                f"{existing.recipe_fingerprint}, this recipe {info.recipe_fingerprint}). Nothing was "
-                "changed. Use a new output_dir, restore the old recipe to resume, or pass --overwrite to "
-                "delete them."
+                f"output_dir {out} holds traces made with other settings ({differ}). Nothing was changed. "
+                "Use a new output_dir, restore the old recipe to resume, or pass --overwrite to delete them."
             )
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
@@ -214,7 +228,11 @@ def generate(config: GenerateConfig, engine: TeacherEngine | None = None) -> Pat
 
     `engine` reuses an already loaded teacher (it must match the config); by default one is loaded.
     """
-    # 1. prompts and tokenizer
+    # 1. prompts and tokenizer (the output path first: a typo there should not wait for them)
+    out = Path(config.output_dir)
+    check_output_path(out)
+    check_model_source(config.teacher, "teacher", revision=config.teacher_revision)
+    check_chat_tokenizer(config.tokenizer or config.teacher, "tokenizer" if config.tokenizer else "teacher")
     prompts = load_prompts(
         config.prompts,
         split=config.prompt_split,
@@ -248,11 +266,10 @@ def generate(config: GenerateConfig, engine: TeacherEngine | None = None) -> Pat
         prompt_render=config.prompt_render(),
     )
 
-    # 2. output directory: resume, refuse or start
-    out = Path(config.output_dir)
+    # 2. output directory: resume (checking every shard's checksum), repair, refuse or start
     info = prepare_output_dir(config, info)
     num_shards = math.ceil(len(prompts) / config.shard_size)
-    done = completed_shards(out, num_shards, info)
+    done = completed_shards(out, num_shards, info, repair=config.repair)
     mine = [i for i in range(num_shards) if i % config.num_workers == config.worker_index and i not in done]
     logger.info(
         f"{len(prompts)} prompts in {num_shards} shards: {len(done)} done, {len(mine)} for this worker "

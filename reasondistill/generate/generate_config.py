@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from reasondistill.core.engines import EngineConfig
+from reasondistill.core.engines import EngineConfig, check_sampling
 from reasondistill.core.grading import AnswerType
 from reasondistill.core.prompts import AnswerFormat
 
@@ -17,6 +17,7 @@ DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer wit
 NON_SEMANTIC_FIELDS = {
     "output_dir",
     "overwrite",
+    "repair",
     "num_workers",
     "worker_index",
     "gpu_memory_utilization",
@@ -111,6 +112,14 @@ class GenerateConfig(EngineConfig):
         default=False,
         metadata={"help": "Delete an existing dataset made with different settings instead of refusing."},
     )
+    repair: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete shards whose bytes no longer match the checksum recorded when they were written "
+            "(named by the error a plain re-run gives) and regenerate them with the missing ones; intact "
+            "shards are kept byte for byte."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,8 +129,7 @@ class GenerateConfig(EngineConfig):
             raise ValueError(
                 f"worker_index must be in [0, num_workers={self.num_workers}), got {self.worker_index}"
             )
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        check_sampling(self.temperature, self.top_p)
         if self.mode == "score" and not self.completion_field:
             raise ValueError(
                 "mode: score needs completion_field, the column holding the completions to score"

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 import torch
 from trl import SFTConfig
 
+from reasondistill.core.recipe import SECRET_FIELDS, check_finite
 from reasondistill.train.losses import DEFAULT_TAIL_FLOOR, DIVERGENCE_KINDS, DivergenceKind, LossSettings
 
 PromptChatTemplate = Literal["teacher", "student"]
@@ -119,8 +120,12 @@ class DistillConfig(SFTConfig):
     on_policy_temperature: float = field(
         default=1.0, metadata={"help": "Student sampling temperature in on-policy steps (0 = greedy)."}
     )
-    on_policy_topk: int = field(
-        default=20, metadata={"help": "Teacher top-k kept per token when it scores on-policy samples."}
+    on_policy_topk: int | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher top-k kept per token when it scores on-policy samples; None = the k the "
+            "traces store (a batch holds one k, so any other value is refused)."
+        },
     )
     on_policy_generation_batch_size: int | None = field(
         default=None,
@@ -155,6 +160,14 @@ class DistillConfig(SFTConfig):
         default=False,
         metadata={"help": "Also save the LoRA-merged full model in OUTPUT_DIR/merged (full precision)."},
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Clear OUTPUT_DIR and train from scratch when it holds a run (without it, a run of other "
+            "settings is refused and a finished one of these settings reused). A directory that records no "
+            "run is never cleared."
+        },
+    )
     # SFTConfig defaults that distillation changes: our collator needs the top-k columns, and the traces
     # are already tokenized, so TRL's dataset preparation is skipped.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay false (top-k columns)."})
@@ -168,6 +181,7 @@ class DistillConfig(SFTConfig):
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate."})
 
     def __post_init__(self) -> None:
+        check_finite(self)  # NaN would pass every range check below and train an all-NaN model
         if not self.traces:
             raise ValueError(
                 "`traces` (the trace dataset directory from `reasondistill generate`) is required"
@@ -185,8 +199,23 @@ class DistillConfig(SFTConfig):
         for name in ("num_traces", "kd_top_k"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or null for all), got {getattr(self, name)}")
-        if self.loss_chunk_size < 1:
-            raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
+        counts = ("per_device_train_batch_size", "gradient_accumulation_steps", "loss_chunk_size")
+        counts += ("on_policy_max_new_tokens", "on_policy_topk")
+        values = {name: getattr(self, name) for name in counts}
+        if bad := [f"{name}={value}" for name, value in values.items() if value is not None and value < 1]:
+            raise ValueError(f"{', '.join(bad)}: must be >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:  # Trainer would still take a step at max_steps 0
+            raise ValueError(
+                f"max_steps must be >= 1, or -1 to train num_train_epochs epochs; got {self.max_steps}"
+            )
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"num_train_epochs must be > 0 when max_steps is -1, got {self.num_train_epochs}"
+            )
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.overwrite and self.resume_from_checkpoint:
+            raise ValueError("overwrite clears output_dir, resume_from_checkpoint continues it: give one")
         if not 0.0 <= self.lmbda <= 1.0:
             raise ValueError(f"lmbda is a probability in [0, 1], got {self.lmbda}")
         if self.lmbda > 0 and not self.teacher_model:
@@ -209,6 +238,12 @@ class DistillConfig(SFTConfig):
         if self.bf16 is None:  # TRL defaults to bf16, which CPUs without AVX512-BF16 refuse
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled settings, credentials left out: the Trainer pickles its arguments into
+        training_args.bin in OUTPUT_DIR and every checkpoint (its `to_dict`, which TensorBoard logs,
+        already masks them). The object in memory keeps them for pushes to the hub."""
+        return self.__dict__ | dict.fromkeys(SECRET_FIELDS & self.__dict__.keys(), None)
 
     def loss_settings(self, gen_temperature: float = 1.0) -> LossSettings:
         """The loss on traces whose stored logprobs reflect `gen_temperature` (1: raw logprobs)."""

@@ -140,7 +140,9 @@ class DistillTrainer(SFTTrainer):
             # the teacher's raw logprobs (T_gen = 1); only the divergence trains on the student's own
             # samples (CE on them would reinforce its mistakes)
             self.on_policy_loss_settings = replace(self.loss_settings, gen_temperature=1.0, ce_weight=0.0)
-            if args.on_policy_topk != data_collator.k:
+            if args.on_policy_topk is None:
+                args.on_policy_topk = data_collator.k
+            elif args.on_policy_topk != data_collator.k:
                 raise ValueError(
                     f"on_policy_topk={args.on_policy_topk} but the traces store top-{data_collator.k}: a "
                     f"batch holds one k, so set on_policy_topk: {data_collator.k}"

@@ -6,8 +6,13 @@ Also runs under accelerate, one process per device:
 
 Reads a trace dataset (docs/trace_schema.md) and a student model directory; writes OUTPUT_DIR with the
 PEFT adapter (or full model), the tokenizer, checkpoints, TensorBoard logs, `compute.json` (what the
-run spent: `distill_trainer.TrainingCompute`), `train_recipe.yaml` (the resolved settings, written
-last) and, with `save_merged_model`, OUTPUT_DIR/merged (a plain model directory).
+run spent: `distill_trainer.TrainingCompute`), `train_recipe.yaml` (the resolved settings: written as
+`train_recipe.partial.yaml` when training starts, renamed when it ends) and, with `save_merged_model`,
+OUTPUT_DIR/merged (a plain model directory).
+
+OUTPUT_DIR holds one run (`core.run_reuse`): a finished run of the same settings is reused, an unfinished
+one is resumed only when asked (`--resume_from_checkpoint last`), and a run of other settings is refused
+unless `--overwrite`, which clears the directory first.
 """
 
 from __future__ import annotations
@@ -16,17 +21,19 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from reasondistill.core.logs import setup_logging
-from reasondistill.core.recipe import RecipeError, parse_recipe, save_resolved_recipe, split_recipe_argument
-from reasondistill.core.run_reuse import run_unless_done
+from reasondistill.core.model_dir import check_model_source
+from reasondistill.core.recipe import RecipeError, parse_recipe, split_recipe_argument
+from reasondistill.core.run_reuse import RunDirError, check_run_dir, finish_run, start_run
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import (
     TopKCollator,
@@ -64,15 +71,49 @@ def load_model(path: str, model_args: ModelConfig) -> PreTrainedModel:
     )
 
 
-def train(model_args: ModelConfig, args: DistillConfig) -> Path:
-    """Run the distillation described by the two settings objects; returns the output directory."""
-    if not model_args.model_name_or_path:
-        raise ValueError("`model_name_or_path` (the student model directory or hub id) is required")
-    if args.save_merged_model and (model_args.load_in_4bit or model_args.load_in_8bit):
-        raise ValueError(
-            "save_merged_model with a 4/8-bit base would merge into rounded weights: train the adapter, then "
-            "`reasondistill quantize` merges it into the full-precision base before quantizing"
-        )
+@dataclass(frozen=True)
+class Claim:
+    """How a run uses OUTPUT_DIR, decided before anything is loaded: `reuse` a finished run, else train
+    after clearing it (`clear`) or not, from `resume` (Trainer's resume_from_checkpoint)."""
+
+    reuse: bool = False
+    clear: bool = False
+    resume: str | bool | None = None
+
+
+def claim_output_dir(
+    model_args: ModelConfig, args: DistillConfig, redo: bool, overwrite: bool, resume_unfinished: bool
+) -> Claim:
+    """What OUTPUT_DIR holding a run means for this one; reads only (every process decides alike).
+
+    `overwrite`: a run of other settings is cleared instead of refused. `redo`: a run of the same settings
+    is stale (an input changed behind its path). `resume_unfinished`: an unfinished run of the same settings
+    continues from its last checkpoint (chains); else it must be resumed explicitly or overwritten."""
+    asked = True if args.resume_from_checkpoint == "last" else args.resume_from_checkpoint
+    recipe_file = Path(args.output_dir) / RECIPE_FILE
+    record = check_run_dir([model_args, args], recipe_file, overwrite or args.overwrite, resume=bool(asked))
+    if record.state in ("empty", "unrecorded"):  # unrecorded: resumed as asked
+        return Claim(resume=asked)
+    if args.overwrite or redo or not record.same:
+        return Claim(clear=True)
+    if record.state == "finished":
+        return Claim(reuse=True)
+    if asked:  # an explicit resume of the same settings
+        return Claim(resume=asked)
+    last = get_last_checkpoint(args.output_dir)
+    if last is None:  # nothing saved yet: nothing to lose by starting again
+        return Claim(clear=True)
+    if resume_unfinished:
+        return Claim(resume=True)
+    raise RunDirError(
+        f"output_dir {record.directory} holds an unfinished run of these settings (last checkpoint: {last}); "
+        "nothing was changed. Resume it with --resume_from_checkpoint last, pass --overwrite to start again, "
+        "or choose another output_dir"
+    )
+
+
+def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
+    """Load, record the run as started in OUTPUT_DIR, train, save; `claim` says how OUTPUT_DIR is used."""
     set_seed(args.seed)
     student = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
@@ -93,8 +134,17 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
             )
     if args.lmbda > 0:  # the trainer loads the teacher for on-policy scoring (reasondistill.train.on_policy)
         check_tokenizer(info, AutoTokenizer.from_pretrained(args.teacher_model), args.teacher_model)
-
     model = load_model(student, model_args)
+
+    # Loaded: the run starts now. Every process has read OUTPUT_DIR before the main one writes it, and the
+    # settings are recorded before the trainer exists, as they were parsed.
+    recipe_file = Path(args.output_dir) / RECIPE_FILE
+    state = PartialState()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        start_run([model_args, args], recipe_file, clear=claim.clear)
+    state.wait_for_everyone()
+
     collator = TopKCollator(
         pad_token_id=tokenizer.pad_token_id,
         k=info.k,
@@ -121,28 +171,62 @@ def train(model_args: ModelConfig, args: DistillConfig) -> Path:
         args.prompt_chat_template,
         trainer.accelerator.num_processes,
     )
-    resume = args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    trainer.train(resume_from_checkpoint=claim.resume)
     out = Path(args.output_dir)
     trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
         (out / COMPUTE_FILE).write_text(json.dumps(asdict(trainer.compute), indent=1))
-        save_resolved_recipe([model_args, args], out / RECIPE_FILE)
         trainer.state.save_to_json(str(out / "trainer_state.json"))  # the log history of this run
         if args.save_merged_model:
             merged = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
             merged.save_pretrained(out / MERGED_DIR)
             tokenizer.save_pretrained(out / MERGED_DIR)
+        finish_run(recipe_file)
     trainer.accelerator.wait_for_everyone()
-    return out
 
 
-def train_unless_done(model_args: ModelConfig, args: DistillConfig, redo: bool = False) -> bool:
-    """`train`, unless OUTPUT_DIR holds a finished run of exactly these resolved settings (then reused);
-    True if it trained. `redo`: an input changed behind an unchanged path (a rebuilt model, regenerated
-    traces), so a finished run of the same settings is stale."""
-    recipe_file = Path(args.output_dir) / RECIPE_FILE
-    return run_unless_done([model_args, args], recipe_file, lambda: train(model_args, args), redo=redo)
+def check_settings(model_args: ModelConfig, args: DistillConfig) -> None:
+    """What the two settings objects cannot check alone, and the model paths, before anything loads."""
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` (the student model directory or hub id) is required")
+    check_model_source(
+        model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision
+    )
+    if args.lmbda > 0:
+        check_model_source(args.teacher_model, "teacher_model")
+    if args.save_merged_model and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise ValueError(
+            "save_merged_model with a 4/8-bit base would merge into rounded weights: train the adapter, then "
+            "`reasondistill quantize` merges it into the full-precision base before quantizing"
+        )
+
+
+def train_unless_done(
+    model_args: ModelConfig,
+    args: DistillConfig,
+    redo: bool = False,
+    overwrite: bool = False,
+    resume_unfinished: bool = True,
+) -> bool:
+    """A chain's step: train, unless OUTPUT_DIR holds a finished run of exactly these resolved settings
+    (then reused); True if it trained. `redo`: an input changed behind an unchanged path (a rebuilt model,
+    regenerated traces), so a run of the same settings is stale. `overwrite`: a run of other settings is
+    replaced instead of refused. `resume_unfinished`: an unfinished run of these settings continues from
+    its last checkpoint (else it is refused unless resumed explicitly)."""
+    check_settings(model_args, args)
+    claim = claim_output_dir(model_args, args, redo, overwrite, resume_unfinished)
+    if claim.reuse:
+        logger.info("reusing %s", args.output_dir)
+        return False
+    distil(model_args, args, claim)
+    return True
+
+
+def train(model_args: ModelConfig, args: DistillConfig) -> Path:
+    """`reasondistill train`: distil into OUTPUT_DIR as the module docstring says (a finished run of the
+    same settings is reused); returns the output directory."""
+    train_unless_done(model_args, args, resume_unfinished=False)
+    return Path(args.output_dir)
 
 
 def run_train(recipe: Path | None, overrides: list[str]) -> int:

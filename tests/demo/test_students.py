@@ -101,7 +101,7 @@ def test_a_method_after_another_continues_its_student(tmp_path, traces, tiny_mod
     """SFT, then on-policy distillation from the SFT student (2 steps each): the chained run starts from
     the SFT student, its compute includes the SFT run's, and a second call reuses both runs."""
     on_policy = {AFTER: "sft", "lmbda": 1.0, "kd_weight": 1.0, "teacher_model": str(tiny_model_dir)}
-    on_policy |= {"divergence": "reverse_kl", "on_policy_max_new_tokens": 8, "on_policy_topk": 8}
+    on_policy |= {"divergence": "reverse_kl", "on_policy_max_new_tokens": 8}
     config = StudentsConfig(
         seeds=[0],
         methods={"sft": {"kd_weight": 0.0}, "sft-then-on-policy": on_policy},

@@ -110,18 +110,31 @@ def test_benchmark_rows_missing_a_field_name_the_definition_and_field(tmp_path):
 
 
 def test_model_checks_and_size_on_disk(tiny_model_dir, tmp_path):
-    check_model(str(tiny_model_dir))
+    config = EvaluateConfig()
+    check_model(str(tiny_model_dir), config)
     assert model_size_bytes(str(tiny_model_dir)) == (tiny_model_dir / "model.safetensors").stat().st_size
     with pytest.raises(ValueError, match="does not exist"):
-        check_model(str(tmp_path / "missing-model"))
-    with pytest.raises(ValueError, match="no config.json"):
-        check_model(str(tmp_path))
-    gguf = tmp_path / "model-q4.gguf"  # a single-file model (GGUF): its own size
+        check_model(str(tmp_path / "missing-model"), config)
+    with pytest.raises(ValueError, match="neither config.json"):
+        check_model(str(tmp_path), config)
+    gguf = tmp_path / "model-q4.gguf"  # a single-file model (GGUF): its own size, the tokenizer given apart
     gguf.write_bytes(b"\0" * 100)
-    check_model(str(gguf))
+    with pytest.raises(ValueError, match="is a GGUF file: set --tokenizer"):
+        check_model(str(gguf), config)
+    check_model(str(gguf), EvaluateConfig(tokenizer=str(tiny_model_dir)))
     assert model_size_bytes(str(gguf)) == 100
-    check_model("Qwen/Qwen2.5-0.5B")  # a hub id is left to the engine
+    with pytest.raises(ValueError, match="nor in the hub cache, and HF_HUB_OFFLINE is set"):
+        check_model("Qwen/Qwen2.5-0.5B", config)  # tests run offline (conftest); online the hub answers
     assert model_size_bytes("Qwen/Qwen2.5-0.5B") is None
+
+
+def test_an_adapter_is_refused_by_vllm_only(tiny_model_dir, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(f'{{"base_model_name_or_path": "{tiny_model_dir}"}}')
+    with pytest.raises(ValueError, match="LoRA adapter, which vLLM does not load as a model"):
+        check_model(str(adapter), EvaluateConfig(tokenizer=str(tiny_model_dir)))
+    check_model(str(adapter), EvaluateConfig(tokenizer=str(tiny_model_dir), backend="transformers"))
 
 
 def test_answer_votes_group_equivalent_wrong_answers():

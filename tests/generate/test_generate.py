@@ -149,7 +149,7 @@ def test_changed_recipe_is_refused_and_nothing_is_touched(traces, tiny_model_dir
     config, out = traces
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     changed = generate_config(tiny_model_dir, out, temperature=0.5)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(temperature: .* -> 0\.5\)"):
         generate(changed)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 

@@ -61,6 +61,7 @@ def as_schema_1_0(trace_dir: Path, out: Path) -> Path:
         table = pq.read_table(path)
         metadata = table.schema.metadata | {INFO_KEY: downgrade(table.schema.metadata[INFO_KEY])}
         pq.write_table(table.replace_schema_metadata(metadata), path)
+        path.with_name(path.name + ".sha256").unlink()  # nor did it record checksums
     return out
 
 

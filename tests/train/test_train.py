@@ -176,15 +176,37 @@ def test_config_choices_are_checked_and_build_the_loss_settings(tmp_path, trace_
         expected.beta = 0.5
 
 
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        (["--max_steps", "0"], "max_steps must be >= 1, or -1 to train num_train_epochs epochs; got 0"),
+        (["--max_steps", "-1", "--num_train_epochs", "0"], "num_train_epochs must be > 0"),
+        (["--kd_weight", "nan"], "key 'kd_weight' must be a finite number, got nan on the command line"),
+    ],
+)
+def test_settings_that_would_train_nothing_or_nan_are_refused_up_front(
+    tmp_path, trace_dir, tiny_model_dir, override, error
+):
+    """max_steps 0 took a step and saved changed weights; kd_weight nan saved an all-NaN model."""
+    with pytest.raises(RecipeError, match=error):
+        run(recipe(tmp_path, tiny_model_dir, trace_dir), *override)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="temperature must be a finite number"):  # built in Python
+        DistillConfig(traces=str(trace_dir), output_dir=str(tmp_path), temperature=float("inf"))
+
+
 def test_module_entry_point_logs_at_the_requested_level(tmp_path, trace_dir, tiny_model_dir):
     """`python -m reasondistill.train` logs at info by default, and `--log_level warning` quiets it."""
     path = recipe(tmp_path, tiny_model_dir, trace_dir, max_steps=1)
     for extra, shown in (([], True), (["--log_level", "warning"], False)):
-        command = [sys.executable, "-m", "reasondistill.train", str(path), *extra]
+        out = tmp_path / ("out-quiet" if extra else "out")  # another log_level is another run
+        command = [sys.executable, "-m", "reasondistill.train", str(path), "--output_dir", str(out), *extra]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-4000:]
         assert ("distilling" in done.stdout) == shown, done.stdout[-2000:]
-    assert "log_level: warning" in (tmp_path / "out" / RECIPE_FILE).read_text()  # TrainingArguments' too
+    assert (
+        "log_level: warning" in (tmp_path / "out-quiet" / RECIPE_FILE).read_text()
+    )  # TrainingArguments' too
 
 
 def test_student_with_smaller_embedding_masks_padding_ids(trace_dir, demo_tokenizer):
@@ -422,7 +444,6 @@ def on_policy_trainer(tmp_path, trace_dir, student_dir, teacher_dir, **overrides
             **{
                 "lmbda": 1.0,
                 "teacher_model": str(teacher_dir),
-                "on_policy_topk": 8,
                 "on_policy_max_new_tokens": 6,
                 "on_policy_vllm_gpu_memory_utilization": 0.1,
                 **overrides,
@@ -661,7 +682,9 @@ def test_vllm_weight_sync_refuses_students_it_cannot_sync(tmp_path, tiny_model_d
             )
 
 
-def test_on_policy_topk_must_match_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
+def test_on_policy_topk_is_the_traces_k(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
+    trainer, _, _ = on_policy_trainer(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir)
+    assert trainer.args.on_policy_topk == 8  # unset in the recipe: the traces' k
     with pytest.raises(ValueError, match="set on_policy_topk: 8"):
         on_policy_trainer(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_topk=5)
 
