@@ -1,7 +1,8 @@
 """Which distillation works on the demo task: methods x seeds from one start, same budget, paired.
 
     .venv/bin/python benchmarks/distill_study.py STUDY --teacher DIR --traces DIR --heldout DIR \
-        [--start random] [--num-traces N] [--seeds 0 1 2] [--max-steps 1000] [--output-dir outputs/study]
+        [--start random] [--num-traces N] [--seeds 0 1 2] [--max-steps 1000] [--methods NAME ...] \
+        [--output-dir outputs/study]
 
 Every student is trained and scored by the demo's student stage (reasondistill/demo/students.py):
 for a seed, every method starts from the same model and trains with recipes/demo/train.yaml plus the
@@ -18,8 +19,9 @@ Studies:
   0.1 (regularisation without the teacher) and KL to the teacher's top-1 probability only (kd_top_k 1,
   the rest in the tail bucket: the teacher's confidence, not its alternatives).
 - on_policy: off-policy KD, on-policy distillation (lmbda 1, reverse KL, the teacher scoring the
-  student's samples) and SFT followed by on-policy steps, each given `--on-policy-steps` steps, and SFT
-  followed by `--more-sft-steps` more SFT steps (set it to what the on-policy steps cost in wall time).
+  student's samples) from the start, after SFT and after KD, each given `--on-policy-steps` steps, and
+  SFT followed by `--more-sft-steps` more SFT steps (set it to what the on-policy steps cost in wall
+  time).
 - data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`; also plots exact
   match against n (data_efficiency.png).
 
@@ -93,6 +95,7 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
                     "on-policy": {**on_policy, **steps},
                     "sft-then-on-policy": {AFTER: "sft", **on_policy, **steps},
                     "sft-then-sft": {AFTER: "sft", **SFT, **budget(args.more_sft_steps)},
+                    "kd-then-on-policy": {AFTER: "kd", **on_policy, **steps},
                 },
             )
         ]
@@ -113,6 +116,17 @@ def budget(max_steps: int) -> dict[str, int]:
 def with_defaults(methods: dict[str, dict[str, Any]], defaults: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every method gets `defaults` (budget, trace count) unless it sets its own."""
     return {name: {**defaults, **fields} for name, fields in methods.items()}
+
+
+def only(methods: dict[str, dict[str, Any]], names: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The methods in `names` (None = all) and the ones they chain onto, in the study's order."""
+    if names is None:
+        return methods
+    unknown = set(names) - set(methods)
+    if unknown:
+        raise ValueError(f"--methods: {sorted(unknown)} are not in this study; choose from {list(methods)}")
+    wanted = set(names) | {methods[name][AFTER] for name in names if AFTER in methods[name]}
+    return {name: fields for name, fields in methods.items() if name in wanted}
 
 
 def plot_data_efficiency(results: list[StudentResult], path: Path) -> None:
@@ -160,6 +174,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-traces", type=int, help="train every arm on the first N traces")
     parser.add_argument("--trace-counts", type=int, nargs="+", default=[64, 128, 256, 512, 818])
     parser.add_argument("--test-problems", type=int, default=200)
+    parser.add_argument(
+        "--methods", nargs="+", help="only these methods of the study (and the ones they chain onto)"
+    )
     parser.add_argument("--output-dir", default="outputs/study")
     return parser.parse_args(argv)
 
@@ -184,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             start=start,
             prune=PRUNED_START if start == "pruned" else {},
             seeds=args.seeds,
-            methods=with_defaults(methods, defaults),
+            methods=with_defaults(only(methods, args.methods), defaults),
             test_problems=args.test_problems,
             test_levels=levels,
             output_dir=str(students_dir),

@@ -24,6 +24,9 @@ QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Llama 3's: the same but numbers in runs of up to three digits, so BPE can learn multi-digit tokens
+# ("128" one token): a student tokenizer that splits the demo's arithmetic differently from the teacher's.
+LLAMA3_SPLIT_PATTERN = QWEN2_SPLIT_PATTERN.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
 
 # ChatML with a reasoning section. An assistant message may carry `reasoning_content` (the chain
 # of thought); it is rendered inside <think> ... </think> before `content`, as R1-style models do.
@@ -39,16 +42,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, split_pattern: str = QWEN2_SPLIT_PATTERN
+) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on `texts` and wrap it as a Hugging Face fast tokenizer.
 
     `vocab_size` counts the special tokens; keep it a multiple of 32 so the embedding and
-    lm_head shapes suit bitsandbytes' 4-bit CPU kernels.
+    lm_head shapes suit bitsandbytes' 4-bit CPU kernels. `split_pattern` is the pre-tokenizer's regex
+    (QWEN2_SPLIT_PATTERN, or LLAMA3_SPLIT_PATTERN for multi-digit number tokens).
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -17,9 +17,16 @@ question rendered with the student's own chat template and the settings the trac
 did; completions and their targets are untouched, so the collator is the same for both.
 
 That alignment is only meaningful when the student's tokenizer IS the teacher's: `check_tokenizer`
-refuses anything else. A student whose embedding matrix is smaller than the teacher's (Qwen2.5-0.5B:
-151936 rows, Qwen2.5-7B: 152064; the extra rows are padding no tokenizer id reaches) is handled by
-masking top-k entries at ids >= the student's vocabulary: their mass moves to the tail bucket.
+refuses anything else for token-level training. Sequence-level training (kd_weight 0) needs only the
+text: with `retokenize=True` a student whose tokenizer differs gets each completion's text encoded with
+its own tokenizer (plus its end-of-turn token where the teacher's turn ended) and one-hot targets
+(`topk_ids` = the label, logprob 0, k = 1), so the collator and the loss are unchanged; a record whose
+text the student's tokenizer does not give back unchanged (no byte fallback: unknown characters) is
+dropped and counted, never trained on in a changed form.
+
+A student whose embedding matrix is smaller than the teacher's (Qwen2.5-0.5B: 151936 rows, Qwen2.5-7B:
+152064; the extra rows are padding no tokenizer id reaches) is handled by masking top-k entries at ids
+>= the student's vocabulary: their mass moves to the tail bucket.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from transformers import PreTrainedTokenizerBase
 
 from reasondistill.core.prompts import render_prompt
 from reasondistill.core.traces import (
+    TOPK_COLUMNS,
     TraceInfo,
     decode_logprobs,
+    encode_logprobs,
     load_traces,
     read_info,
     tokenizer_fingerprint,
@@ -48,17 +57,52 @@ THINK_OPEN = "<think>"
 SUBSET_SEED = 0  # one shuffle for every `num_traces`, independent of the training seed
 
 
+def same_tokenizer(info: TraceInfo, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `tokenizer` has the very vocabulary the traces were written with."""
+    return tokenizer_fingerprint(tokenizer.get_vocab()) == info.tokenizer_fingerprint
+
+
 def check_tokenizer(info: TraceInfo, tokenizer: PreTrainedTokenizerBase, student: str) -> None:
     """Refuse a student whose tokenizer differs from the one the traces were written with."""
-    found = tokenizer_fingerprint(tokenizer.get_vocab())
-    if found != info.tokenizer_fingerprint:
+    if not same_tokenizer(info, tokenizer):
         raise ValueError(
-            f"the student {student} has a different tokenizer (fingerprint {found}) from the traces' teacher "
-            f"{info.teacher} (tokenizer {info.tokenizer}, fingerprint {info.tokenizer_fingerprint}). "
-            "Token-level distillation on stored top-k ids needs the very same vocabulary: pick a student of "
-            "the teacher's family (e.g. Qwen2.5 students for R1-Distill-Qwen teachers), or train with "
-            "kd_weight: 0 on traces regenerated for this student's tokenizer."
+            f"the student {student} has a different tokenizer (fingerprint "
+            f"{tokenizer_fingerprint(tokenizer.get_vocab())}) from the traces' teacher {info.teacher} "
+            f"(tokenizer {info.tokenizer}, fingerprint {info.tokenizer_fingerprint}). Token-level "
+            "distillation on stored top-k ids (kd_weight > 0, on-policy steps) needs the very same "
+            "vocabulary: pick a student of the teacher's family (e.g. Qwen2.5 students for R1-Distill-Qwen "
+            "teachers), or train sequence-level on the traces' text re-tokenized for this student: "
+            "kd_weight: 0 and prompt_chat_template: student."
         )
+
+
+def retokenize_completions(
+    tokenizer: PreTrainedTokenizerBase, completions: list[str], finish_reasons: list[str]
+) -> list[list[int] | None]:
+    """Each completion's text in the student's token ids, ending with its end-of-turn token (eos) where
+    the teacher's turn ended (finish_reason stop); None where decoding the ids does not give the text
+    back (characters the student's tokenizer cannot spell)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(
+            f"the student tokenizer {tokenizer.name_or_path} has no eos_token to end a re-tokenized turn "
+            "with: set eos_token in its tokenizer_config.json"
+        )
+    encoded = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    ids = []
+    for text, tokens, finish in zip(completions, encoded, finish_reasons, strict=True):
+        survives = tokenizer.decode(tokens, clean_up_tokenization_spaces=False) == text
+        ids.append((tokens + [eos] if finish == "stop" else tokens) if survives else None)
+    return ids
+
+
+def one_hot_targets(completions: list[list[int]]) -> dict[str, list]:
+    """Top-1 columns that say 'this token, probability 1' for each completion token (k = 1)."""
+    certain = int(encode_logprobs(np.zeros((1, 1), dtype=np.float32))[0, 0])
+    return {
+        "topk_ids": [[[token] for token in ids] for ids in completions],
+        "topk_logprob_codes": [[[certain]] * len(ids) for ids in completions],
+    }
 
 
 def gen_temperature(info: TraceInfo) -> float:
@@ -97,18 +141,24 @@ def load_trace_dataset(
     max_length: int | None,
     student_tokenizer: PreTrainedTokenizerBase | None = None,
     num_traces: int | None = None,
+    retokenize: bool = False,
 ):
     """(dataset of TRAIN_COLUMNS + length, TraceInfo, dropped-row counts) from a complete trace directory.
 
     `student_tokenizer` (prompt_chat_template: student) re-renders every prompt with its chat template;
-    None keeps the stored teacher prompt ids. Records longer than `max_length` keep their prompt and lose
-    the end of the completion (the collator truncates); records whose prompt alone fills `max_length` are
-    dropped and counted.
+    None keeps the stored teacher prompt ids. A `student_tokenizer` unlike the teacher's is refused unless
+    `retokenize` (sequence-level training), which re-tokenizes the completions' text for it with one-hot
+    targets (k = 1; records whose text does not survive are dropped as `text_not_in_student_vocab`).
+    Records longer than `max_length` keep their prompt and lose the end of the completion (the collator
+    truncates); records whose prompt alone fills `max_length` are dropped and counted.
     """
     info = read_info(trace_dir)
+    cross_tokenizer = False
     if student_tokenizer is not None:
         name = student_tokenizer.name_or_path
-        check_tokenizer(info, student_tokenizer, name)
+        cross_tokenizer = retokenize and not same_tokenizer(info, student_tokenizer)
+        if not cross_tokenizer:
+            check_tokenizer(info, student_tokenizer, name)
         if info.prompt_render is None:
             raise ValueError(
                 f"{trace_dir} (trace schema {info.schema_version}) does not record how its prompts were "
@@ -137,6 +187,23 @@ def load_trace_dataset(
             },
             input_columns=["question", "prompt", "prompt_token_ids"],
             batched=True,
+        )
+    if cross_tokenizer:
+        dataset = dataset.map(
+            lambda completions, finish: {
+                "completion_token_ids": retokenize_completions(student_tokenizer, completions, finish)
+            },
+            input_columns=["completion", "finish_reason"],
+            batched=True,
+        )
+        before = len(dataset)
+        dataset = dataset.filter(lambda ids: ids is not None, input_columns="completion_token_ids")
+        dropped["text_not_in_student_vocab"] = before - len(dataset)
+        dataset = dataset.map(
+            one_hot_targets,
+            input_columns="completion_token_ids",
+            batched=True,
+            remove_columns=list(TOPK_COLUMNS),
         )
     if max_length is not None:
         before = len(dataset)

@@ -40,6 +40,7 @@ from reasondistill.train.distill_data import (
     check_tokenizer,
     gen_temperature,
     load_trace_dataset,
+    same_tokenizer,
 )
 from reasondistill.train.distill_trainer import DistillTrainer
 
@@ -118,17 +119,23 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
     student = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
     render_with = tokenizer if args.prompt_chat_template == "student" else None  # None: the stored prompt ids
+    # Sequence-level training needs only the traces' text: a student with another tokenizer re-tokenizes it.
+    retokenize = args.kd_weight == 0
     train_dataset, info, dropped = load_trace_dataset(
-        args.traces, args.only_correct, args.max_length, render_with, args.num_traces
+        args.traces, args.only_correct, args.max_length, render_with, args.num_traces, retokenize
     )
-    check_tokenizer(info, tokenizer, student)
+    if render_with is None:  # load_trace_dataset checked it when it re-rendered the prompts
+        check_tokenizer(info, tokenizer, student)
+    k = info.k if same_tokenizer(info, tokenizer) else 1  # re-tokenized: one-hot targets
     eval_dataset = None
     if args.eval_traces:
         eval_dataset, eval_info, _ = load_trace_dataset(
-            args.eval_traces, args.only_correct, args.max_length, render_with
+            args.eval_traces, args.only_correct, args.max_length, render_with, retokenize=retokenize
         )
-        check_tokenizer(eval_info, tokenizer, student)
-        if eval_info.k != info.k:
+        if render_with is None:
+            check_tokenizer(eval_info, tokenizer, student)
+        eval_k = eval_info.k if same_tokenizer(eval_info, tokenizer) else 1
+        if eval_k != k:
             raise ValueError(
                 f"eval_traces store top-{eval_info.k}, the training traces top-{info.k}: use one k"
             )
@@ -147,10 +154,10 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
 
     collator = TopKCollator(
         pad_token_id=tokenizer.pad_token_id,
-        k=info.k,
+        k=k,
         student_vocab_size=model.get_output_embeddings().weight.shape[0],
         max_length=args.max_length,
-        target_k=args.kd_top_k,
+        target_k=args.kd_top_k if k == info.k else None,  # kd_top_k has no effect at kd_weight 0
     )
     trainer = DistillTrainer(
         model=model,

@@ -68,7 +68,14 @@ def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
     students = {
         s["method"]: s for s in json.loads((tmp_path / "study" / "on_policy.json").read_text())["students"]
     }
-    assert list(students) == ["sft", "kd", "on-policy", "sft-then-on-policy", "sft-then-sft"]
+    assert list(students) == [
+        "sft",
+        "kd",
+        "on-policy",
+        "sft-then-on-policy",
+        "sft-then-sft",
+        "kd-then-on-policy",
+    ]
     assert {Path(s["directory"]).parts[-4] for s in students.values()} == {"students-4traces"}
     # a chain's compute adds its start's: SFT's 2 off-policy steps, then 2 on-policy or 3 more SFT steps
     assert students["sft"]["compute"]["on_policy_steps"] == 0
@@ -77,3 +84,11 @@ def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
     sft_tokens = students["sft"]["compute"]["student_tokens"]
     assert students["sft-then-sft"]["compute"]["student_tokens"] > sft_tokens
     assert students["sft-then-on-policy"]["compute"]["student_tokens"] > sft_tokens
+    assert students["kd-then-on-policy"]["compute"]["on_policy_steps"] == 2
+    # --methods runs a subset, with the methods it chains onto; the students above are reused
+    command += ["--methods", "kd-then-on-policy"]
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    subset = json.loads((tmp_path / "study" / "on_policy.json").read_text())["students"]
+    assert [s["method"] for s in subset] == ["kd", "kd-then-on-policy"]
+    assert subset[1]["accuracy"] == students["kd-then-on-policy"]["accuracy"]
