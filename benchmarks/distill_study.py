@@ -22,6 +22,10 @@ Studies:
   student's samples) from the start, after SFT and after KD, each given `--on-policy-steps` steps, and
   SFT followed by `--more-sft-steps` more SFT steps (set it to what the on-policy steps cost in wall
   time).
+- tokenizers: SFT and KD students of the teacher's tokenizer against an SFT student of another
+  tokenizer (demo.teacher.digit_runs_tokenizer: numbers in runs of up to 3 digits, another vocabulary
+  size) trained on the traces' text re-tokenized (kd_weight 0, prompt_chat_template student), all from
+  random starts of the same shape (issue #16).
 - data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`; also plots exact
   match against n (data_efficiency.png).
 
@@ -56,7 +60,7 @@ from reasondistill.demo.students import (
     summary_table,
     train_students,
 )
-from reasondistill.demo.students_config import AFTER, StudentsConfig
+from reasondistill.demo.students_config import AFTER, STUDENT_TOKENIZER, StudentsConfig
 from reasondistill.demo.teacher import load_teacher
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 
@@ -99,6 +103,9 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
                 },
             )
         ]
+    if study == "tokenizers":
+        own = {**SFT, "prompt_chat_template": "student", STUDENT_TOKENIZER: "digit-runs"}
+        return [("random", {"sft": SFT, "kd": KD, "sft-digit-runs-tokenizer": own})]
     if study == "data":
         methods = {}
         for count in args.trace_counts:
@@ -161,7 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("study", choices=["starts", "targets", "on_policy", "data"])
+    parser.add_argument("study", choices=["starts", "targets", "on_policy", "tokenizers", "data"])
     parser.add_argument("--teacher", required=True, help="demo teacher directory")
     parser.add_argument("--traces", required=True, help="its verified training traces")
     parser.add_argument("--heldout", required=True, help="its traces on held-out (test) prompts")

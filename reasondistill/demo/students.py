@@ -30,8 +30,9 @@ from reasondistill.core.recipe import parse_recipe
 from reasondistill.demo.base_student import build_base_student
 from reasondistill.demo.base_student_config import BaseStudentConfig
 from reasondistill.demo.factory import save_initial_model
-from reasondistill.demo.scoring import heldout_loss, problem_scores
-from reasondistill.demo.students_config import AFTER, StudentsConfig
+from reasondistill.demo.scoring import HeldoutLoss, heldout_loss, problem_scores
+from reasondistill.demo.students_config import AFTER, STUDENT_TOKENIZER, StudentsConfig
+from reasondistill.demo.teacher import digit_runs_tokenizer
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.train import COMPUTE_FILE, train_unless_done
@@ -108,6 +109,7 @@ def train_students(
     """Train and score one student per (method, seed), recipes from `recipe_dir` (train.yaml and the
     start's recipe); reuses finished runs of identical settings."""
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    own_tokenizer = None  # built once, if a method asks for it
     problems = generate_problems("test", config.test_problems, config.test_levels, seed=1)
     root = Path(config.output_dir) / teacher_dir.name / config.start
     results = []
@@ -117,8 +119,13 @@ def train_students(
         for method, fields in config.methods.items():
             fields = dict(fields)
             after = done.get(fields.pop(AFTER, None))
+            student_tokenizer, first = tokenizer, after.directory if after else start
+            if fields.pop(STUDENT_TOKENIZER, "teacher") == "digit-runs":
+                own_tokenizer = own_tokenizer or digit_runs_tokenizer(teacher_dir)
+                student_tokenizer, first = own_tokenizer, root / f"init-{config.size}-digit-runs-seed{seed}"
+                save_initial_model(config.size, own_tokenizer, first, seed)
             out = root / f"{method}-seed{seed}"
-            overrides = ["--model_name_or_path", str(after.directory if after else start)]
+            overrides = ["--model_name_or_path", str(first)]
             overrides += ["--traces", str(traces_dir), "--output_dir", str(out), "--seed", str(seed)]
             overrides += override_arguments(fields)
             model_args, args = parse_recipe(
@@ -131,8 +138,14 @@ def train_students(
             if after:  # a chained method's compute includes what its start cost
                 compute = {key: value + after.compute[key] for key, value in compute.items()}
             model = AutoModelForCausalLM.from_pretrained(out)
-            correct, steps = problem_scores(model, tokenizer, problems)
-            heldout = heldout_loss(model, str(heldout_dir))
+            correct, steps = problem_scores(model, student_tokenizer, problems)
+            # per-token losses on the teacher's tokens; another tokenizer's tokens are not comparable
+            nan = float("nan")
+            heldout = (
+                heldout_loss(model, str(heldout_dir))
+                if student_tokenizer is tokenizer
+                else HeldoutLoss(ce=nan, kd=nan, tokens=0)
+            )
             result = StudentResult(
                 method=method,
                 seed=seed,
@@ -169,6 +182,8 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
     the difference, `seed_problem_bootstrap`)."""
 
     def spread(values: list[float], percent: bool) -> str:
+        if any(np.isnan(values)):  # not measured (held-out losses of another tokenizer)
+            return "-"
         mean = statistics.fmean(values)
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{mean:.1%} ± {sd:.1%}" if percent else f"{mean:.4f} ± {sd:.4f}"

@@ -9,6 +9,10 @@ from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
 
 StudentStart = Literal["random", "base", "pruned"]
 AFTER = "after"  # the method key that chains a method onto another's trained student
+# The method key that gives a random-start student another tokenizer than the teacher's:
+# "digit-runs" (demo.teacher.digit_runs_tokenizer); its method must train sequence-level.
+STUDENT_TOKENIZER = "student_tokenizer"
+StudentTokenizer = Literal["teacher", "digit-runs"]
 
 
 def default_methods() -> dict[str, dict[str, Any]]:
@@ -38,7 +42,9 @@ class StudentsConfig:
         metadata={
             "help": "Method name -> train.yaml fields it overrides (the rest is the shared recipe). "
             f"`{AFTER}: METHOD` starts it from that method's student of the same seed (e.g. SFT then "
-            "on-policy). The first method is the baseline of the paired differences."
+            f"on-policy); `{STUDENT_TOKENIZER}: digit-runs` gives a random-start student another "
+            "tokenizer (with kd_weight: 0, prompt_chat_template: student). The first method is the "
+            "baseline of the paired differences."
         },
     )
     test_problems: int = field(default=200, metadata={"help": "Held-out problems for exact/step accuracy."})
@@ -62,6 +68,17 @@ class StudentsConfig:
                 raise ValueError(
                     f"method {method!r} runs after {after!r}, which is not a method listed before it "
                     f"(listed before: {seen}); list {after!r} first"
+                )
+            tokenizer = overrides.get(STUDENT_TOKENIZER, "teacher")
+            if tokenizer not in get_args(StudentTokenizer):
+                raise ValueError(
+                    f"method {method!r}: {STUDENT_TOKENIZER}={tokenizer!r} is not one of "
+                    f"{list(get_args(StudentTokenizer))}"
+                )
+            if tokenizer != "teacher" and (self.start != "random" or after is not None):
+                raise ValueError(
+                    f"method {method!r}: a student with its own tokenizer starts from random weights of "
+                    f"that vocabulary: use start: random and no `{AFTER}`"
                 )
             odd = {k: v for k, v in overrides.items() if not isinstance(v, str | int | float | bool)}
             if odd:

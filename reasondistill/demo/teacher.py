@@ -23,11 +23,15 @@ from reasondistill.demo.factory import build_model, count_parameters
 from reasondistill.demo.lm_training import BUILD_INFO_FILE, LMTrainingSettings, train_causal_lm
 from reasondistill.demo.scoring import task_scores
 from reasondistill.demo.teacher_config import TeacherConfig
-from reasondistill.demo.tokenizer import CHAT_TEMPLATE, train_tokenizer
+from reasondistill.demo.tokenizer import CHAT_TEMPLATE, LLAMA3_SPLIT_PATTERN, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_RENDERER = jinja2.Template(CHAT_TEMPLATE)
+TOKENIZER_PROBLEMS = 5000  # the first training problems, rendered, are the tokenizer's corpus
+# A student tokenizer unlike the teacher's (docs/train.md, cross-tokenizer): Llama 3's number runs
+# and another vocabulary size (the teacher's BPE stops near 475 entries in 512 embedding rows).
+DIGIT_RUNS_VOCAB = 544
 
 
 def chat_messages(problem: Problem) -> tuple[list[dict], dict]:
@@ -67,7 +71,8 @@ def train_teacher(config: TeacherConfig) -> Path:
 
     train = generate_problems("train", config.train_problems, config.levels, config.seed)
     test = generate_problems("test", config.eval_problems, config.levels, config.seed)
-    tokenizer = train_tokenizer((render_conversation(p) for p in train[:5000]), config.vocab_size)
+    corpus = (render_conversation(p) for p in train[:TOKENIZER_PROBLEMS])
+    tokenizer = train_tokenizer(corpus, config.vocab_size)
     examples = [tokenize_example(tokenizer, p) for p in train]
     model = build_model(config.size, tokenizer, seed=config.seed)
     logger.info(
@@ -112,3 +117,13 @@ def train_teacher(config: TeacherConfig) -> Path:
 def load_teacher(directory: str | Path):
     """The teacher model and tokenizer from a built directory."""
     return AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+
+
+def digit_runs_tokenizer(teacher_dir: Path) -> PreTrainedTokenizerBase:
+    """A student tokenizer that splits the task's numbers otherwise than the teacher's: trained on the
+    teacher's tokenizer corpus with Llama 3's pre-tokenizer (numbers in runs of up to three digits, so
+    "35" can be one token) and DIGIT_RUNS_VOCAB entries; same chat template and special tokens."""
+    config = TeacherConfig(**json.loads((teacher_dir / BUILD_INFO_FILE).read_text())["config"])
+    train = generate_problems("train", config.train_problems, config.levels, config.seed)
+    texts = (render_conversation(p) for p in train[:TOKENIZER_PROBLEMS])
+    return train_tokenizer(texts, DIGIT_RUNS_VOCAB, LLAMA3_SPLIT_PATTERN)

@@ -3,14 +3,18 @@ teacher first, then each method against the first, paired."""
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from conftest import generate_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reasondistill.core.recipe import PACKAGE_DIR
+from reasondistill.core.traces import tokenizer_fingerprint
+from reasondistill.demo.lm_training import BUILD_INFO_FILE
 from reasondistill.demo.students import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -19,7 +23,9 @@ from reasondistill.demo.students import (
     summary_table,
     train_students,
 )
-from reasondistill.demo.students_config import AFTER, StudentsConfig
+from reasondistill.demo.students_config import AFTER, STUDENT_TOKENIZER, StudentsConfig
+from reasondistill.demo.teacher import DIGIT_RUNS_VOCAB, digit_runs_tokenizer
+from reasondistill.demo.teacher_config import TeacherConfig
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.generate.generate import generate
 from reasondistill.train.train import COMPUTE_FILE, RECIPE_FILE
@@ -140,11 +146,44 @@ def test_pruned_start_is_the_teacher_pruned_once(tmp_path, traces, tiny_model_di
     assert json.loads((Path(start) / "config.json").read_text())["num_hidden_layers"] == 1
 
 
+def test_a_student_of_another_tokenizer_learns_from_the_retokenized_text(tmp_path, traces, tiny_model_dir):
+    """A `student_tokenizer: digit-runs` method starts from random weights of that vocabulary, trains on
+    the traces' text in its own tokens and is scored with its own tokenizer; its held-out per-token losses
+    (teacher tokens) are not measured, and the table says so."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model_dir, teacher)
+    (teacher / BUILD_INFO_FILE).write_text(json.dumps({"config": asdict(TeacherConfig(train_problems=800))}))
+    own = {"kd_weight": 0.0, "prompt_chat_template": "student", STUDENT_TOKENIZER: "digit-runs"}
+    config = StudentsConfig(
+        seeds=[0],
+        methods={"sft": {"kd_weight": 0.0}, "sft-own-tokenizer": own},
+        test_problems=2,
+        output_dir=str(tmp_path / "students"),
+    )
+    sft, other = train_students(config, recipe_dir(tmp_path), teacher, *traces)
+    saved = yaml.safe_load((Path(other.directory) / RECIPE_FILE).read_text())
+    assert Path(saved["model_name_or_path"]).name == "init-student-digit-runs-seed0"
+    model = AutoModelForCausalLM.from_pretrained(other.directory)
+    tokenizer = AutoTokenizer.from_pretrained(other.directory)
+    assert len(tokenizer) == DIGIT_RUNS_VOCAB <= model.get_input_embeddings().weight.shape[0]
+    expected = tokenizer_fingerprint(digit_runs_tokenizer(teacher).get_vocab())
+    assert tokenizer_fingerprint(tokenizer.get_vocab()) == expected
+    assert expected != tokenizer_fingerprint(AutoTokenizer.from_pretrained(teacher).get_vocab())
+    assert np.isnan(other.heldout_ce) and np.isfinite(sft.heldout_ce)
+    assert len(other.problem_correct) == 2 and other.compute["student_tokens"] > 0
+    row = summary_table([sft, other], 0.5, 0.5).splitlines()[4]
+    assert row.startswith("| sft-own-tokenizer | 1 |") and "| - | - |" in row
+
+
 def test_methods_are_checked():
     with pytest.raises(ValueError, match="runs after 'sft', which is not a method listed before it"):
         StudentsConfig(methods={"on-policy": {AFTER: "sft"}, "sft": {"kd_weight": 0.0}})
     with pytest.raises(ValueError, match="override values must be scalars"):
         StudentsConfig(methods={"kd": {"lora_target_modules": ["q_proj"]}})
+    with pytest.raises(ValueError, match="student_tokenizer='llama' is not one of"):
+        StudentsConfig(methods={"sft": {STUDENT_TOKENIZER: "llama"}})
+    with pytest.raises(ValueError, match="use start: random and no `after`"):
+        StudentsConfig(start="pruned", methods={"sft": {STUDENT_TOKENIZER: "digit-runs"}})
 
 
 def test_best_student_is_the_best_seed_of_the_best_method():
