@@ -1,10 +1,13 @@
-"""GGUF export of a Qwen2 model directory: weights, hyperparameters, tokenizer and chat template in one file.
+"""GGUF export of a Qwen2, Qwen3, Llama or Gemma 3 model directory: weights, hyperparameters, tokenizer and
+chat template in one file.
 
-Written with the `gguf` package (llama.cpp's own Python writer); tensor names come from its
-`TensorNameMap` for `MODEL_ARCH.QWEN2`, the table llama.cpp's `convert_hf_to_gguf.py` uses, and the
-tokenizer is stored the way that script stores a GPT-2-style BPE (token list and types, merges, special
-ids, chat template). The result loads in llama.cpp (and llama-cpp-python, Ollama, LM Studio) and in
-transformers (`from_pretrained(dir, gguf_file=name)`, which dequantizes it).
+Written with the `gguf` package (llama.cpp's own Python writer), the way llama.cpp's `convert_hf_to_gguf.py`
+writes each architecture: tensor names from `gguf`'s `TensorNameMap` for the architecture's `MODEL_ARCH`,
+the metadata keys its model class writes, and its tensor rewrites (`ARCHITECTURES` below says which each
+needs). The tokenizer is stored as that script stores a GPT-2-style BPE (token list and types, merges,
+special ids, chat template). The result loads in llama.cpp (and llama-cpp-python, Ollama, LM Studio) and in
+transformers (`from_pretrained(dir, gguf_file=name)`, which dequantizes it; for Llama and Gemma 3 it reads
+the weights but not every setting, see docs/quantize.md).
 
 Types written here, in pure Python: F16, Q8_0 and Q4_0 (32-weight blocks with one scale: 4.5 bits per
 weight). As llama.cpp's own quantizer does, Q4_0 keeps the token embedding (which is also the output head
@@ -15,13 +18,16 @@ Q4_K_M come from llama.cpp's quantizer (`llama_quantize`, needs llama-cpp-python
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import gguf
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from tokenizers import Tokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from reasondistill.compress.merge import check_full_precision
 
@@ -31,10 +37,45 @@ QWEN2_PRETOKENIZER = (  # Qwen2's split regex; llama.cpp knows it as the "qwen2"
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+LLAMA3_PRETOKENIZER = (  # Llama 3's: numbers in runs of up to 3 digits; llama.cpp's "llama-bpe"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# split regex -> (llama.cpp's name for it, whether llama.cpp then takes a word found whole in the vocabulary
+# without applying merges: its `ignore_merges`, set for "llama-bpe" in llama-vocab.cpp)
+PRETOKENIZERS = {QWEN2_PRETOKENIZER: ("qwen2", False), LLAMA3_PRETOKENIZER: ("llama-bpe", True)}
 FILE_TYPES = {
     "F16": gguf.LlamaFileType.MOSTLY_F16,
     "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What llama.cpp's converter and runtime do for one transformers `model_type`."""
+
+    arch: gguf.MODEL_ARCH
+    label: str
+    activation: str  # the MLP activation llama.cpp's graph applies
+    rope_types: tuple[str, ...]  # RoPE types of full-attention layers llama.cpp reproduces from our metadata
+    permute_qk: bool = False  # llama.cpp ropes adjacent pairs (GPT-J style), transformers pairs the halves
+    norm_offset: float = 0.0  # Gemma's RMSNorm scales by (1 + w), llama.cpp's by w
+    sliding_window: bool = False  # per-layer sliding windows (`attention.sliding_window_pattern`)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "qwen2": Architecture(gguf.MODEL_ARCH.QWEN2, "Qwen2", "silu", ("default",)),
+    "qwen3": Architecture(gguf.MODEL_ARCH.QWEN3, "Qwen3", "silu", ("default",)),
+    "llama": Architecture(gguf.MODEL_ARCH.LLAMA, "Llama", "silu", ("default", "llama3"), permute_qk=True),
+    "gemma3_text": Architecture(
+        gguf.MODEL_ARCH.GEMMA3,
+        "Gemma 3",
+        "gelu_pytorch_tanh",
+        ("default", "linear"),
+        norm_offset=1.0,
+        sliding_window=True,
+    ),
 }
 
 
@@ -53,23 +94,53 @@ def tensor_type(name: str, shape: tuple[int, ...], file_type: GgufType) -> gguf.
     return wanted if shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
 
 
-def _check_tokenizer(model_dir: Path) -> None:
+def _head_dim(config: PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _pretokenizer(model_dir: Path) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer, once it is sure llama.cpp tokenizes alike."""
     tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     patterns = [
         step.get("pattern", {}).get("Regex")
         for step in tokenizer_json.get("pre_tokenizer", {}).get("pretokenizers", [])
         if step.get("type") == "Split"
     ]
-    if tokenizer_json["model"]["type"] != "BPE" or QWEN2_PRETOKENIZER not in patterns:
+    known = [pattern for pattern in patterns if pattern in PRETOKENIZERS]
+    if tokenizer_json["model"]["type"] != "BPE" or not known:
         raise ValueError(
-            f"{model_dir}/tokenizer.json is not a Qwen2-style byte-level BPE (its split regex differs), so "
-            "llama.cpp would tokenize differently; export it with llama.cpp's convert_hf_to_gguf.py instead"
+            f"{model_dir}/tokenizer.json is not a Qwen2-style byte-level BPE nor a Llama 3-style one (its "
+            "split regex is neither of llama.cpp's 'qwen2' and 'llama-bpe' pre-tokenizers), so llama.cpp "
+            "would tokenize differently; export it with llama.cpp's convert_hf_to_gguf.py instead"
         )
+    name, ignore_merges = PRETOKENIZERS[known[0]]
+    if tokenizer_json["model"].get("ignore_merges", False) != ignore_merges and not _merges_rebuild_vocab(
+        model_dir / "tokenizer.json", tokenizer_json
+    ):
+        raise ValueError(
+            f"{model_dir}/tokenizer.json sets ignore_merges={not ignore_merges}, but llama.cpp's '{name}' "
+            f"pre-tokenizer runs with ignore_merges={ignore_merges}, and the merges do not rebuild every "
+            "vocabulary token, so some words would be split differently"
+        )
+    return name
+
+
+def _merges_rebuild_vocab(tokenizer_file: Path, tokenizer_json: dict) -> bool:
+    """Whether the BPE merges turn each vocabulary token's text back into that one token: then taking a
+    whole word from the vocabulary first (`ignore_merges`) or merging it gives the same tokens."""
+    model = Tokenizer.from_file(str(tokenizer_file)).model
+    added = {token["content"] for token in tokenizer_json.get("added_tokens", [])}
+    return all(
+        [piece.value for piece in model.tokenize(token)] == [token]
+        for token in tokenizer_json["model"]["vocab"]
+        if token not in added
+    )
 
 
 def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
     """Token list padded to the model's vocabulary, types, merges, special ids and chat template, as
     llama.cpp's converter writes a GPT-2-style BPE (its `get_vocab_base` and `_set_vocab_gpt2`)."""
+    pretokenizer = _pretokenizer(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     id_to_token = {index: token for token, index in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
@@ -85,7 +156,7 @@ def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> Non
             tokens.append(id_to_token[index])
             types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
+    writer.add_tokenizer_pre(pretokenizer)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
@@ -93,34 +164,145 @@ def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> Non
     if special.chat_template is None:
         raise ValueError(f"{model_dir} has no chat template (chat_template.jinja or tokenizer_config.json)")
     if "add_bos" not in special.add_special_token:
-        writer.add_add_bos_token(False)  # Qwen2 prompts start without a BOS; llama.cpp would add one
+        # the tokenizer adds no BOS; llama.cpp would add one (by default for 'llama-bpe', and for Gemma 3)
+        writer.add_add_bos_token(False)
 
 
-def export_gguf(model_dir: str | Path, output_path: str | Path, file_type: GgufType = "F16") -> Path:
-    """Write a full-precision Qwen2 model directory (with tokenizer) as one GGUF file of `file_type`."""
-    model_dir, output_path = Path(model_dir), Path(output_path)
-    check_full_precision(model_dir, "model")
-    config = AutoConfig.from_pretrained(model_dir)
-    if config.model_type != "qwen2":
+def _supported(model_dir: Path, config: PretrainedConfig) -> Architecture:
+    """The model's `Architecture`, once every setting llama.cpp's graph for it hard-codes agrees."""
+    architecture = ARCHITECTURES.get(config.model_type)
+    if architecture is None:
+        supported = ", ".join(f"{a.label} ({name})" for name, a in ARCHITECTURES.items())
         raise ValueError(
-            f"{model_dir} is a {config.model_type} model; this exporter writes Qwen2 only. Use llama.cpp's "
-            "convert_hf_to_gguf.py for other architectures"
+            f"{model_dir} is a {config.model_type} model; this exporter writes {supported} only. Use "
+            "llama.cpp's convert_hf_to_gguf.py for other architectures"
         )
-    _check_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    activation = getattr(config, "hidden_activation", None) or config.hidden_act
+    problems = [f"activation {activation}"] if activation != architecture.activation else []
+    if getattr(config, "query_pre_attn_scalar", _head_dim(config)) != _head_dim(config):
+        problems.append("query_pre_attn_scalar != head_dim (llama.cpp scales attention by 1/sqrt(head_dim))")
+    problems += [
+        name
+        for name in ("attn_logit_softcapping", "final_logit_softcapping", "use_bidirectional_attention")
+        if getattr(config, name, None)
+    ]
+    layer_types = getattr(config, "layer_types", None) or []
+    if "sliding_attention" in layer_types and not architecture.sliding_window:
+        problems.append("sliding-window layers")
+    rope = _rope_by_layer_type(config)
+    if rope["full_attention"].get("rope_type", "default") not in architecture.rope_types:
+        problems.append(f"RoPE type {rope['full_attention']['rope_type']}")
+    if rope.get("sliding_attention", {}).get("rope_type", "default") != "default":
+        problems.append(f"RoPE type {rope['sliding_attention']['rope_type']} on sliding-window layers")
+    if problems:
+        raise ValueError(
+            f"{model_dir}: llama.cpp's {architecture.label} does not run this model's {', '.join(problems)}; "
+            "export it with llama.cpp's convert_hf_to_gguf.py, if that supports it"
+        )
+    return architecture
 
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(output_path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2])
-    writer.add_name(model_dir.name)
+
+def _rope_by_layer_type(config: PretrainedConfig) -> dict[str, dict]:
+    """RoPE settings per attention type: Gemma 3 keeps one per type, the others one for all layers."""
+    rope = config.rope_parameters
+    return rope if "full_attention" in rope else {"full_attention": rope}
+
+
+def llama3_rope_factors(rope: dict, dim: int) -> np.ndarray:
+    """[dim / 2] divisors of each RoPE frequency under Llama 3's scaling (llama.cpp's `rope_freqs` tensor):
+    1 above the high-frequency cut, `factor` below the low one, a smooth mix between (as transformers'
+    `_compute_llama3_parameters`)."""
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    context = rope["original_max_position_embeddings"]
+    low, high, factor = rope["low_freq_factor"], rope["high_freq_factor"], rope["factor"]
+    wavelengths = 2 * math.pi / freqs
+    smooth = (context / wavelengths - low) / (high - low)
+    mixed = 1 / ((1 - smooth) / factor + smooth)
+    factors = np.where(
+        wavelengths < context / high, 1.0, np.where(wavelengths > context / low, factor, mixed)
+    )
+    return factors.astype(np.float32)
+
+
+def _add_hyperparameters(
+    writer: gguf.GGUFWriter, config: PretrainedConfig, architecture: Architecture
+) -> dict[str, np.ndarray]:
+    """Shapes, norms, RoPE and attention layout; returns the tensors they add (Llama 3's `rope_freqs`)."""
     writer.add_context_length(config.max_position_embeddings)
+    writer.add_vocab_size(config.vocab_size)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_key_length(_head_dim(config))
+    writer.add_value_length(_head_dim(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    rope = _rope_by_layer_type(config)
+    full = rope["full_attention"]
+    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_freq_base(full["rope_theta"])
+    extra = {}
+    if full.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(full["factor"])
+    elif full.get("rope_type") == "llama3":
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        extra[name] = llama3_rope_factors(full, _head_dim(config))
+    if architecture.sliding_window:
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in config.layer_types])
+        writer.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
+    return extra
+
+
+def permute_rope_pairs(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reorder each head's output rows from transformers' RoPE pairing (dimension i with i + d/2) to
+    llama.cpp's LLAMA one (2i with 2i + 1): the converter's `LlamaModel.permute`."""
+    return (
+        weight.reshape(num_heads, 2, weight.shape[0] // num_heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _gguf_tensor(
+    hf_name: str, tensor: torch.Tensor, config: PretrainedConfig, architecture: Architecture
+) -> torch.Tensor:
+    """A weight as llama.cpp's graph for the architecture expects it."""
+    if hf_name.endswith("norm.weight"):
+        tensor = tensor + architecture.norm_offset
+    if architecture.permute_qk and ".q_proj." in hf_name:
+        tensor = permute_rope_pairs(tensor, config.num_attention_heads)
+    elif architecture.permute_qk and ".k_proj." in hf_name:
+        tensor = permute_rope_pairs(tensor, config.num_key_value_heads)
+    return tensor
+
+
+def _add_tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, file_type: GgufType) -> None:
+    qtype = tensor_type(name, data.shape, file_type)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, data.astype(np.float32))
+    elif qtype == gguf.GGMLQuantizationType.F16:
+        writer.add_tensor(name, data.astype(np.float16))
+    else:
+        writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def export_gguf(model_dir: str | Path, output_path: str | Path, file_type: GgufType = "F16") -> Path:
+    """Write a full-precision model directory (with tokenizer) of an architecture in `ARCHITECTURES` as one
+    GGUF file of `file_type`."""
+    model_dir, output_path = Path(model_dir), Path(output_path)
+    check_full_precision(model_dir, "model")
+    config = AutoConfig.from_pretrained(model_dir)
+    architecture = _supported(model_dir, config)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    names = gguf.get_tensor_name_map(architecture.arch, config.num_hidden_layers)
+
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(output_path, gguf.MODEL_ARCH_NAMES[architecture.arch])
+    writer.add_name(model_dir.name)
+    extra = _add_hyperparameters(writer, config, architecture)
     writer.add_file_type(FILE_TYPES[file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_vocab(writer, model_dir, config.vocab_size)
@@ -130,15 +312,12 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, file_type: GgufT
             continue  # llama.cpp reuses token_embd as the output head when `output` is absent
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ValueError(f"{model_dir}: tensor {hf_name} has no GGUF name in llama.cpp's Qwen2 map")
-        data = tensor.numpy()
-        qtype = tensor_type(name, data.shape, file_type)
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(name, data.astype(np.float32))
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(name, data.astype(np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+            raise ValueError(
+                f"{model_dir}: tensor {hf_name} has no GGUF name in llama.cpp's {architecture.label} map"
+            )
+        _add_tensor(writer, name, _gguf_tensor(hf_name, tensor, config, architecture).numpy(), file_type)
+    for name, data in extra.items():
+        _add_tensor(writer, name, data, file_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

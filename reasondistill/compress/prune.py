@@ -1,4 +1,4 @@
-"""Structured pruning of a Qwen2 model: fewer layers (depth) and narrower MLPs (width).
+"""Structured pruning of a Qwen2, Qwen3, Llama or Gemma 3 model: fewer layers (depth), narrower MLPs (width).
 
 The result is a smaller model directory of the same architecture, loadable by transformers, vLLM and
 PEFT, which the trainer then distils from the teacher to win back what pruning lost ("prune, distil,
@@ -15,8 +15,13 @@ greedy continuations, so the activations are those of reasoning, not of prompts 
   layers respond to the removal; it costs one calibration pass per remaining layer per round.
 - **Width**: in every remaining layer, MLP channel j is scored by E|a_j| * ||W_down[:, j]||, the mean size
   of what it adds to the residual stream (a = act(gate(x)) * up(x), the input of down_proj); the top
-  `intermediate_size` channels are kept in their original order. Qwen2 has one intermediate size for all
-  layers, so every layer keeps the same number; it must be a multiple of 32 (bitsandbytes' CPU kernels).
+  `intermediate_size` channels are kept in their original order. These architectures have one intermediate
+  size for all layers, so every layer keeps the same number; it must be a multiple of 32 (bitsandbytes' CPU
+  kernels).
+
+The four share the decoder layout both steps touch (`model.layers[i].mlp.{gate,up,down}_proj`, a KV-cache
+slot per attention layer); a config with per-layer attention types (`layer_types`: Gemma 3's sliding-window
+and full-attention layers, Qwen2's and Qwen3's optional sliding windows) keeps each kept layer's own type.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.run_reuse import run_in_dir
 
 logger = logging.getLogger(__name__)
+# model_type -> name: the architectures whose layout (model.layers[i].mlp.*_proj) the steps below assume
+PRUNABLE = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama", "gemma3_text": "Gemma 3"}
 
 
 @torch.no_grad()
@@ -130,7 +137,8 @@ def keep_layers(model: PreTrainedModel, keep: list[int]) -> None:
     model.model.layers = nn.ModuleList(layers[i] for i in keep)
     for new_index, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = new_index
-    model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    if getattr(model.config, "layer_types", None) is not None:  # Llama's config has none
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.config.num_hidden_layers = len(keep)
 
 
@@ -166,21 +174,27 @@ def channel_importance(model: PreTrainedModel, batches: list[dict]) -> list[torc
     ]
 
 
+def sliced(
+    linear: nn.Linear, outputs: torch.Tensor | None = None, inputs: torch.Tensor | None = None
+) -> nn.Linear:
+    """A copy of `linear` keeping only the output rows `outputs` and input columns `inputs` (None: all)."""
+    weight = linear.weight.data
+    weight = weight if outputs is None else weight[outputs]
+    weight = weight if inputs is None else weight[:, inputs]
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None, dtype=weight.dtype)
+    new.weight.data = weight.clone()
+    if linear.bias is not None:
+        new.bias.data = (linear.bias.data if outputs is None else linear.bias.data[outputs]).clone()
+    return new
+
+
 def keep_channels(model: PreTrainedModel, keep: list[torch.Tensor]) -> None:
     """Slice every layer's MLP to the channels `keep[layer]` (sorted indices of equal length)."""
     for layer, channels in zip(model.model.layers, keep, strict=True):
         mlp = layer.mlp
-        for name in ("gate_proj", "up_proj"):
-            old = getattr(mlp, name)
-            new = nn.Linear(old.in_features, len(channels), bias=old.bias is not None, dtype=old.weight.dtype)
-            new.weight.data = old.weight.data[channels].clone()
-            setattr(mlp, name, new)
-        old = mlp.down_proj
-        new = nn.Linear(len(channels), old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
-        new.weight.data = old.weight.data[:, channels].clone()
-        if old.bias is not None:
-            new.bias.data = old.bias.data.clone()
-        mlp.down_proj = new
+        mlp.gate_proj = sliced(mlp.gate_proj, outputs=channels)
+        mlp.up_proj = sliced(mlp.up_proj, outputs=channels)
+        mlp.down_proj = sliced(mlp.down_proj, inputs=channels)
         mlp.intermediate_size = len(channels)
     model.config.intermediate_size = len(keep[0])
 
@@ -190,8 +204,11 @@ def prune_model(config: PruneConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
     check_full_precision(config.model, "model")
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    if model.config.model_type != "qwen2":
-        raise ValueError(f"{config.model} is a {model.config.model_type} model; pruning supports Qwen2 only")
+    if model.config.model_type not in PRUNABLE:
+        supported = ", ".join(f"{name} ({model_type})" for model_type, name in PRUNABLE.items())
+        raise ValueError(
+            f"{config.model} is a {model.config.model_type} model; pruning supports {supported} only"
+        )
     layers, width = model.config.num_hidden_layers, model.config.intermediate_size
     if (config.num_layers or 0) > layers or (config.intermediate_size or 0) > width:
         raise ValueError(

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class PruneConfig:
-    model: str = field(metadata={"help": "Full-precision Qwen2 model directory to prune."})
+    model: str = field(
+        metadata={"help": "Full-precision Qwen2, Qwen3, Llama or Gemma 3 model directory to prune."}
+    )
     output_dir: str = field(default="outputs/prune", metadata={"help": "The pruned model directory."})
     num_layers: int | None = field(
         default=None, metadata={"help": "Decoder layers to keep (depth pruning); null keeps all."}

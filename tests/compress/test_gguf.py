@@ -107,16 +107,16 @@ def test_dequantized_gguf_is_a_plain_model_directory(gguf_files, tmp_path):
 
 
 def test_export_refuses_other_architectures_and_tokenizers(tmp_path, tiny_model_dir, demo_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
 
-    llama = tmp_path / "llama"
-    LlamaForCausalLM(
-        LlamaConfig(
+    mistral = tmp_path / "mistral"
+    MistralForCausalLM(
+        MistralConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, vocab_size=512
         )
-    ).save_pretrained(llama)
-    with pytest.raises(ValueError, match="is a llama model; this exporter writes Qwen2 only"):
-        export_gguf(llama, tmp_path / "x.gguf")
+    ).save_pretrained(mistral)
+    with pytest.raises(ValueError, match=r"is a mistral model; this exporter writes Qwen2 \(qwen2\), Qwen3"):
+        export_gguf(mistral, tmp_path / "x.gguf")
     other = tmp_path / "other-tokenizer"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(other)
     demo_tokenizer.save_pretrained(other)
