@@ -1,4 +1,5 @@
-"""Qwen2-architecture models of chosen sizes, built from scratch for the demo.
+"""Qwen2-architecture models of chosen sizes (Llama for a student of another tokenizer), built from
+scratch for the demo.
 
 Saved with `save_pretrained`, they load in transformers, vLLM and PEFT exactly like a hub
 checkpoint. Every linear layer's output size is a multiple of 32, which bitsandbytes' 4-bit CPU
@@ -19,7 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
 
 from reasondistill.core.logs import setup_logging
 
@@ -38,6 +46,10 @@ class ModelSize:
 
 
 ModelSizeName = Literal["teacher", "assistant", "student"]
+# qwen2 for every demo model; llama (the same shape without q/k/v biases) for a student of another
+# tokenizer: transformers 5 loads the tokenizer of any qwen2 directory as Qwen2Tokenizer, with Qwen2's
+# pre-tokenizer whatever its tokenizer.json says, and a llama directory's as saved.
+DemoArchitecture = Literal["qwen2", "llama"]
 
 # teacher > teaching assistant > student, as in progressive distillation.
 MODEL_SIZES: dict[ModelSizeName, ModelSize] = {
@@ -70,8 +82,9 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     max_position_embeddings: int = 2048,
     seed: int = 0,
-) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2ForCausalLM whose vocabulary matches `tokenizer`.
+    architecture: DemoArchitecture = "qwen2",
+) -> PreTrainedModel:
+    """A randomly initialised Qwen2 (or Llama) causal LM whose vocabulary matches `tokenizer`.
 
     The vocabulary is padded up to a multiple of 64, as real checkpoints pad theirs (the padding
     rows are never produced by the tokenizer).
@@ -88,7 +101,7 @@ def build_model(
             "num_key_value_heads * head_dim must be a multiple of 32 (bitsandbytes 4-bit on CPU)"
         )
     vocab_size = -(-len(tokenizer) // 64) * 64
-    config = Qwen2Config(
+    config = {"qwen2": Qwen2Config, "llama": LlamaConfig}[architecture](
         vocab_size=vocab_size,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -104,20 +117,24 @@ def build_model(
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
 def save_initial_model(
-    size: ModelSizeName, tokenizer: PreTrainedTokenizerBase, directory: Path, seed: int
+    size: ModelSizeName,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: Path,
+    seed: int,
+    architecture: DemoArchitecture = "qwen2",
 ) -> None:
     """A random `size` model (with `tokenizer`) saved in `directory`, unless a model is there already."""
     if (directory / "config.json").exists():
         logger.info("reusing %s", directory)
         return
-    model = build_model(size, tokenizer, seed=seed)
+    model = build_model(size, tokenizer, seed=seed, architecture=architecture)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     logger.info("fresh %s model, %.2fM parameters: %s", size, count_parameters(model) / 1e6, directory)

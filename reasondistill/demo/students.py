@@ -123,7 +123,7 @@ def train_students(
             if fields.pop(STUDENT_TOKENIZER, "teacher") == "digit-runs":
                 own_tokenizer = own_tokenizer or digit_runs_tokenizer(teacher_dir)
                 student_tokenizer, first = own_tokenizer, root / f"init-{config.size}-digit-runs-seed{seed}"
-                save_initial_model(config.size, own_tokenizer, first, seed)
+                save_initial_model(config.size, own_tokenizer, first, seed, architecture="llama")
             out = root / f"{method}-seed{seed}"
             overrides = ["--model_name_or_path", str(first)]
             overrides += ["--traces", str(traces_dir), "--output_dir", str(out), "--seed", str(seed)]

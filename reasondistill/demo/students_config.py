@@ -9,8 +9,8 @@ from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
 
 StudentStart = Literal["random", "base", "pruned"]
 AFTER = "after"  # the method key that chains a method onto another's trained student
-# The method key that gives a random-start student another tokenizer than the teacher's:
-# "digit-runs" (demo.teacher.digit_runs_tokenizer); its method must train sequence-level.
+# The method key that gives a random-start student another tokenizer than the teacher's: "digit-runs"
+# (demo.teacher.digit_runs_tokenizer), in a Llama of the student's shape (demo.factory.DemoArchitecture).
 STUDENT_TOKENIZER = "student_tokenizer"
 StudentTokenizer = Literal["teacher", "digit-runs"]
 
@@ -42,9 +42,9 @@ class StudentsConfig:
         metadata={
             "help": "Method name -> train.yaml fields it overrides (the rest is the shared recipe). "
             f"`{AFTER}: METHOD` starts it from that method's student of the same seed (e.g. SFT then "
-            f"on-policy); `{STUDENT_TOKENIZER}: digit-runs` gives a random-start student another "
-            "tokenizer (with kd_weight: 0, prompt_chat_template: student). The first method is the "
-            "baseline of the paired differences."
+            f"on-policy); `{STUDENT_TOKENIZER}: digit-runs` makes it a random-start Llama student of "
+            "another tokenizer (with prompt_chat_template: student). The first method is the baseline of "
+            "the paired differences."
         },
     )
     test_problems: int = field(default=200, metadata={"help": "Held-out problems for exact/step accuracy."})

@@ -22,7 +22,9 @@ text: with `retokenize=True` a student whose tokenizer differs gets each complet
 its own tokenizer (plus its end-of-turn token where the teacher's turn ended) and one-hot targets
 (`topk_ids` = the label, logprob 0, k = 1), so the collator and the loss are unchanged; a record whose
 text the student's tokenizer does not give back unchanged (no byte fallback: unknown characters) is
-dropped and counted, never trained on in a changed form.
+dropped and counted, never trained on in a changed form. Token-level KD across tokenizers passes
+the teacher's tokenizer too: the stored top-k is then moved onto the student's tokens by byte offsets
+(train/token_alignment.py: exact, merged, split or fallback targets, counted per kind).
 
 A student whose embedding matrix is smaller than the teacher's (Qwen2.5-0.5B: 151936 rows, Qwen2.5-7B:
 152064; the extra rows are padding no tokenizer id reaches) is handled by masking top-k entries at ids
@@ -47,9 +49,20 @@ from reasondistill.core.traces import (
     encode_logprobs,
     load_traces,
     read_info,
+    read_topk,
     tokenizer_fingerprint,
 )
 from reasondistill.train.losses.distill import IGNORE_INDEX
+from reasondistill.train.token_alignment import (
+    END_OF_TURN,
+    TARGET_KINDS,
+    StudentVocab,
+    TeacherVocab,
+    align_targets,
+    exact_target,
+    target_rows,
+    teacher_alternatives,
+)
 
 # The columns the collator reads; the rest of a trace record stays on disk.
 TRAIN_COLUMNS = ("prompt_token_ids", "completion_token_ids", "topk_ids", "topk_logprob_codes")
@@ -68,11 +81,11 @@ def check_tokenizer(info: TraceInfo, tokenizer: PreTrainedTokenizerBase, student
         raise ValueError(
             f"the student {student} has a different tokenizer (fingerprint "
             f"{tokenizer_fingerprint(tokenizer.get_vocab())}) from the traces' teacher {info.teacher} "
-            f"(tokenizer {info.tokenizer}, fingerprint {info.tokenizer_fingerprint}). Token-level "
-            "distillation on stored top-k ids (kd_weight > 0, on-policy steps) needs the very same "
-            "vocabulary: pick a student of the teacher's family (e.g. Qwen2.5 students for R1-Distill-Qwen "
-            "teachers), or train sequence-level on the traces' text re-tokenized for this student: "
-            "kd_weight: 0 and prompt_chat_template: student."
+            f"(tokenizer {info.tokenizer}, fingerprint {info.tokenizer_fingerprint}). The stored prompt and "
+            "top-k ids are in the teacher's vocabulary: pick a student of the teacher's family (e.g. Qwen2.5 "
+            "students for R1-Distill-Qwen teachers), or train on the traces' text re-tokenized for this "
+            "student with prompt_chat_template: student (kd_weight: 0 for sequence-level training; "
+            "kd_weight > 0 aligns the top-k by bytes, with the teacher's tokenizer at hand)."
         )
 
 
@@ -94,6 +107,50 @@ def retokenize_completions(
         survives = tokenizer.decode(tokens, clean_up_tokenization_spaces=False) == text
         ids.append((tokens + [eos] if finish == "stop" else tokens) if survives else None)
     return ids
+
+
+def aligned_targets(
+    record: dict, student_ids: list[int], teacher: TeacherVocab, student: StudentVocab, k: int
+) -> tuple[dict[str, list], dict[str, int]] | None:
+    """The stored top-k of one record moved onto the student's tokens `student_ids` (its completion text,
+    re-tokenized, ending with its eos where the teacher's turn ended), and the count of each target kind;
+    None if the teacher's tokens do not spell the text (it cannot be aligned)."""
+    teacher_ids = list(record["completion_token_ids"])
+    ids, logprobs = read_topk(record)
+    sampled = np.asarray(record["sampled_logprob"], dtype=np.float32)
+    stop = record["finish_reason"] == "stop"  # the student's ids end with its eos then
+    spelled = [teacher.bytes_of[i] if i < len(teacher.bytes_of) else b"" for i in teacher_ids]  # b"": no text
+    teacher_eos = stop and bool(teacher_ids) and not spelled[-1]
+    # teacher tokens that spell no text (special or padding ids inside the completion) align with nothing
+    texts = [t for t, b in enumerate(spelled[:-1] if teacher_eos else spelled) if b]
+    teacher_bytes = [spelled[t] for t in texts]
+    if b"".join(teacher_bytes) != record["completion"].encode():
+        return None
+    body = student_ids[:-1] if stop else student_ids
+    targets = align_targets(
+        teacher_bytes, ids[texts], logprobs[texts], sampled[texts], teacher, body, student, k
+    )
+    target_ids, target_logprobs = targets.ids, targets.logprobs
+    counts = {kind: targets.kinds.count(kind) for kind in TARGET_KINDS}
+    counts["teacher_tokens_without_text"] = len(spelled) - len(texts) - int(teacher_eos)
+    if stop:  # the end of turn: the teacher's alternatives where it ended (or only "end", certain)
+        last = len(teacher_ids) - 1
+        ending = (
+            exact_target(
+                teacher_alternatives(ids[last], logprobs[last], teacher, END_OF_TURN, sampled[last]), student
+            )
+            if teacher_eos
+            else {student.id_of[END_OF_TURN]: 0.0}
+        )
+        eos_ids, eos_logprobs = target_rows([ending], k)
+        target_ids = np.concatenate([target_ids, eos_ids])
+        target_logprobs = np.concatenate([target_logprobs, eos_logprobs])
+        counts["exact" if teacher_eos else "fallback"] += 1
+    columns = {
+        "topk_ids": target_ids.tolist(),
+        "topk_logprob_codes": encode_logprobs(target_logprobs).tolist(),
+    }
+    return columns, counts
 
 
 def one_hot_targets(completions: list[list[int]]) -> dict[str, list]:
@@ -142,13 +199,16 @@ def load_trace_dataset(
     student_tokenizer: PreTrainedTokenizerBase | None = None,
     num_traces: int | None = None,
     retokenize: bool = False,
+    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ):
     """(dataset of TRAIN_COLUMNS + length, TraceInfo, dropped-row counts) from a complete trace directory.
 
     `student_tokenizer` (prompt_chat_template: student) re-renders every prompt with its chat template;
     None keeps the stored teacher prompt ids. A `student_tokenizer` unlike the teacher's is refused unless
     `retokenize` (sequence-level training), which re-tokenizes the completions' text for it with one-hot
-    targets (k = 1; records whose text does not survive are dropped as `text_not_in_student_vocab`).
+    targets (k = 1; records whose text does not survive are dropped as `text_not_in_student_vocab`), or,
+    given the traces' `teacher_tokenizer`, with the stored top-k aligned to the student's tokens (k kept;
+    the dropped counts gain `target_<kind>`: student tokens per kind of target).
     Records longer than `max_length` keep their prompt and lose the end of the completion (the collator
     truncates); records whose prompt alone fills `max_length` are dropped and counted.
     """
@@ -191,19 +251,25 @@ def load_trace_dataset(
     if cross_tokenizer:
         dataset = dataset.map(
             lambda completions, finish: {
-                "completion_token_ids": retokenize_completions(student_tokenizer, completions, finish)
+                "student_ids": retokenize_completions(student_tokenizer, completions, finish)
             },
             input_columns=["completion", "finish_reason"],
             batched=True,
         )
         before = len(dataset)
-        dataset = dataset.filter(lambda ids: ids is not None, input_columns="completion_token_ids")
+        dataset = dataset.filter(lambda ids: ids is not None, input_columns="student_ids")
         dropped["text_not_in_student_vocab"] = before - len(dataset)
-        dataset = dataset.map(
-            one_hot_targets,
-            input_columns="completion_token_ids",
-            batched=True,
-            remove_columns=list(TOPK_COLUMNS),
+        if teacher_tokenizer is None:
+            dataset = dataset.map(
+                one_hot_targets, input_columns="student_ids", batched=True, remove_columns=list(TOPK_COLUMNS)
+            )
+        else:
+            before = len(dataset)
+            dataset, kinds = align_dataset(dataset, info, teacher_tokenizer, student_tokenizer)
+            dropped["teacher_tokens_not_the_text"] = before - len(dataset)
+            dropped |= kinds
+        dataset = dataset.remove_columns("completion_token_ids").rename_column(
+            "student_ids", "completion_token_ids"
         )
     if max_length is not None:
         before = len(dataset)
@@ -227,6 +293,34 @@ def load_trace_dataset(
         batched=True,
     )  # for train_sampling_strategy: group_by_length (less padding)
     return dataset, info, dropped
+
+
+def align_dataset(
+    dataset, info: TraceInfo, teacher_tokenizer, student_tokenizer
+) -> tuple[object, dict[str, int]]:
+    """Every record's stored top-k moved onto its re-tokenized completion (column `student_ids`) by
+    `aligned_targets`; records whose teacher tokens do not spell the text are dropped. Returns the dataset
+    and, per kind of target, how many student tokens got it (and how many teacher tokens spelled no text)."""
+    check_tokenizer(info, teacher_tokenizer, teacher_tokenizer.name_or_path)
+    teacher = TeacherVocab.of(teacher_tokenizer)
+    student = StudentVocab.of(student_tokenizer)
+    kind_columns = [f"target_{kind}" for kind in TARGET_KINDS] + ["teacher_tokens_without_text"]
+
+    def align(record: dict) -> dict:
+        result = aligned_targets(record, record["student_ids"], teacher, student, info.k)
+        if result is None:
+            return {"aligned": False, "topk_ids": [], "topk_logprob_codes": []} | dict.fromkeys(
+                kind_columns, 0
+            )
+        columns, counts = result
+        named = {name if name.startswith("teacher") else f"target_{name}": n for name, n in counts.items()}
+        return {"aligned": True, **columns} | named
+
+    dataset = dataset.map(align, remove_columns=list(TOPK_COLUMNS)).filter(
+        lambda ok: ok, input_columns="aligned"
+    )
+    counts = {name: int(sum(dataset[name])) for name in kind_columns}
+    return dataset.remove_columns(["aligned", *kind_columns]), counts
 
 
 @dataclass

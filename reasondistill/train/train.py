@@ -26,7 +26,13 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
@@ -34,6 +40,7 @@ from reasondistill.core.logs import setup_logging
 from reasondistill.core.model_dir import check_model_source
 from reasondistill.core.recipe import RecipeError, parse_recipe, split_recipe_argument
 from reasondistill.core.run_reuse import RunDirError, check_run_dir, finish_run, start_run
+from reasondistill.core.traces import TraceInfo, read_info
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import (
     TopKCollator,
@@ -119,23 +126,32 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
     student = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(student, revision=model_args.model_revision)
     render_with = tokenizer if args.prompt_chat_template == "student" else None  # None: the stored prompt ids
-    # Sequence-level training needs only the traces' text: a student with another tokenizer re-tokenizes it.
-    retokenize = args.kd_weight == 0
+    # A student with another tokenizer reads the traces' text re-tokenized (prompt_chat_template: student):
+    # one-hot targets for sequence-level training, the top-k aligned by bytes for token-level KD.
+    info = read_info(args.traces)
+    cross_tokenizer = render_with is not None and not same_tokenizer(info, tokenizer)
+    if cross_tokenizer and args.lmbda > 0:
+        raise ValueError(
+            f"on-policy steps (lmbda > 0) score the student's samples with the teacher's vocabulary, and the "
+            f"student {student} has another tokenizer than the traces' teacher: use lmbda: 0"
+        )
+    teacher_tokenizer = (
+        cross_tokenizer_teacher(info, args) if cross_tokenizer and args.kd_weight > 0 else None
+    )
     train_dataset, info, dropped = load_trace_dataset(
-        args.traces, args.only_correct, args.max_length, render_with, args.num_traces, retokenize
+        args.traces, args.only_correct, args.max_length, render_with, args.num_traces, True, teacher_tokenizer
     )
     if render_with is None:  # load_trace_dataset checked it when it re-rendered the prompts
         check_tokenizer(info, tokenizer, student)
-    k = info.k if same_tokenizer(info, tokenizer) else 1  # re-tokenized: one-hot targets
+    k = 1 if cross_tokenizer and teacher_tokenizer is None else info.k  # one-hot targets: k = 1
     eval_dataset = None
     if args.eval_traces:
         eval_dataset, eval_info, _ = load_trace_dataset(
-            args.eval_traces, args.only_correct, args.max_length, render_with, retokenize=retokenize
+            args.eval_traces, args.only_correct, args.max_length, render_with, None, True, teacher_tokenizer
         )
         if render_with is None:
             check_tokenizer(eval_info, tokenizer, student)
-        eval_k = eval_info.k if same_tokenizer(eval_info, tokenizer) else 1
-        if eval_k != k:
+        if eval_info.k != info.k:
             raise ValueError(
                 f"eval_traces store top-{eval_info.k}, the training traces top-{info.k}: use one k"
             )
@@ -190,6 +206,20 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
             tokenizer.save_pretrained(out / MERGED_DIR)
         finish_run(recipe_file)
     trainer.accelerator.wait_for_everyone()
+
+
+def cross_tokenizer_teacher(info: TraceInfo, args: DistillConfig) -> PreTrainedTokenizerBase:
+    """The traces' teacher tokenizer (`teacher_model`, else the one the traces record), which token-level
+    KD across tokenizers needs to spell the teacher's tokens as bytes."""
+    source = args.teacher_model or info.tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise ValueError(
+            "token-level KD for a student with another tokenizer aligns the teacher's top-k by bytes and "
+            f"needs the teacher's tokenizer, but {source!r} cannot be loaded ({error.__class__.__name__}): "
+            "set teacher_model to a local copy of the teacher, or train sequence-level with kd_weight: 0"
+        ) from None
 
 
 def check_settings(model_args: ModelConfig, args: DistillConfig) -> None:

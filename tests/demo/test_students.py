@@ -164,6 +164,7 @@ def test_a_student_of_another_tokenizer_learns_from_the_retokenized_text(tmp_pat
     saved = yaml.safe_load((Path(other.directory) / RECIPE_FILE).read_text())
     assert Path(saved["model_name_or_path"]).name == "init-student-digit-runs-seed0"
     model = AutoModelForCausalLM.from_pretrained(other.directory)
+    assert model.config.model_type == "llama"  # so that transformers keeps its tokenizer's own split
     tokenizer = AutoTokenizer.from_pretrained(other.directory)
     assert len(tokenizer) == DIGIT_RUNS_VOCAB <= model.get_input_embeddings().weight.shape[0]
     expected = tokenizer_fingerprint(digit_runs_tokenizer(teacher).get_vocab())
