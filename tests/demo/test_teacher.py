@@ -4,26 +4,16 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TEACHER
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reasondistill.core.arithmetic_task import generate_problems
 from reasondistill.demo.teacher import BUILD_INFO_FILE, tokenize_example, train_teacher
 from reasondistill.demo.teacher_config import TeacherConfig
 
-TINY = dict(
-    size="student",
-    train_problems=300,
-    steps=60,
-    batch_tokens=1024,
-    eval_problems=8,
-    eval_every=20,
-    learning_rate=3e-3,
-    warmup_steps=5,
-)
-
 
 def test_build_trains_saves_and_is_reused(tmp_path, info_log):
-    config = TeacherConfig(cache_dir=str(tmp_path), **TINY)
+    config = TeacherConfig(cache_dir=str(tmp_path), **TINY_TEACHER)
     directory = train_teacher(config)
     info = json.loads((directory / BUILD_INFO_FILE).read_text())
     curve = info["learning_curve"]
@@ -44,7 +34,7 @@ def test_build_trains_saves_and_is_reused(tmp_path, info_log):
     info_log.clear()
     assert train_teacher(config) == directory
     assert info_log.messages == [f"reusing demo teacher at {directory}"]
-    other = TeacherConfig(cache_dir=str(tmp_path), **{**TINY, "seed": 1})
+    other = TeacherConfig(cache_dir=str(tmp_path), **{**TINY_TEACHER, "seed": 1})
     assert other.directory() != directory
 
 

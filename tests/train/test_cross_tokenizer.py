@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import generate_config
+from conftest import TINY_TEACHER, generate_config
 from test_train import recipe, run
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -57,19 +57,7 @@ def teacher_dir(tmp_path_factory) -> Path:
     """A tiny teacher trained for 60 steps: it writes task-like text, as real teachers do (a random
     model's samples are byte soup, invalid UTF-8 that no tokenizer spells back)."""
     cache = tmp_path_factory.mktemp("teacher")
-    return train_teacher(
-        TeacherConfig(
-            cache_dir=str(cache),
-            size="student",
-            train_problems=300,
-            steps=60,
-            batch_tokens=1024,
-            eval_problems=8,
-            eval_every=20,
-            learning_rate=3e-3,
-            warmup_steps=5,
-        )
-    )
+    return train_teacher(TeacherConfig(cache_dir=str(cache), **TINY_TEACHER))
 
 
 @pytest.fixture(scope="module")
