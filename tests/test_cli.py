@@ -226,6 +226,8 @@ def test_shipped_generate_recipes_parse(recipe, monkeypatch):
         "recipes/demo/train.yaml",
         "recipes/DeepSeek-R1-Distill-Qwen-1.5B/distill/config_gsm8k.yaml",
         "recipes/DeepSeek-R1-Distill-Qwen-1.5B/on_policy/config_gsm8k.yaml",
+        "recipes/Llama-3.2-1B-Instruct/distill/config_gsm8k.yaml",  # another tokenizer than the teacher's
+        "recipes/Qwen2.5-1.5B-Instruct/distill/config_gsm8k.yaml",
     ],
 )
 def test_shipped_train_recipes_parse(recipe, monkeypatch):
@@ -240,3 +242,22 @@ def test_shipped_train_recipes_parse(recipe, monkeypatch):
     model_args, args = parse_recipe(recipe, (ModelConfig, DistillConfig), overrides)
     assert args.kd_weight == 1.0 and args.ce_weight == 1.0 and args.traces
     assert model_args.use_peft == ("demo" not in recipe)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "recipes/demo/quantize.yaml",
+        "recipes/DeepSeek-R1-Distill-Qwen-1.5B/quantize/config_gsm8k.yaml",
+        "recipes/Llama-3.2-1B-Instruct/quantize/config_gsm8k.yaml",
+        "recipes/Qwen2.5-1.5B-Instruct/quantize/config_gsm8k.yaml",
+    ],
+)
+def test_shipped_quantize_recipes_parse(recipe, monkeypatch):
+    from reasondistill.compress.quantize_config import QuantizeConfig
+    from reasondistill.core.recipe import parse_recipe
+
+    monkeypatch.chdir(REPO)
+    overrides = ["--model", "some/student"] if "demo" in recipe else []
+    (config,) = parse_recipe(recipe, (QuantizeConfig,), overrides)
+    assert "gguf-q4km" in config.profiles or "demo" in recipe
