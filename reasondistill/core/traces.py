@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.1"  # major.minor; a reader accepts every minor version of its major
+SCHEMA_VERSION = "1.2"  # major.minor; a reader accepts every minor version of its major
 INFO_KEY, SHARD_KEY = b"reasondistill.trace_info", b"reasondistill.shard"  # Parquet footer keys
 INFO_FILE, CARD_FILE, DATA_DIR = "trace_info.json", "README.md", "data"
+TOKENIZER_DIR = "tokenizer"  # since 1.2: the teacher's tokenizer files, which spell the stored ids
 LOGPROBS_MODES, FINISH_REASONS = ("raw_logprobs", "processed_logprobs"), ("stop", "length")
 # Top-k logprobs are stored as codes: c = round(-logprob * LOGPROB_SCALE), kept as the difference to the
 # previous rank's c (logprobs sorted descending, so differences are >= 0). Error <= 1/2048 nats everywhere.

@@ -41,6 +41,7 @@ from reasondistill.core.prompts import PromptRecord, load_prompts, render_prompt
 from reasondistill.core.recipe import parse_recipe, recipe_changes, save_resolved_recipe
 from reasondistill.core.traces import (
     INFO_FILE,
+    TOKENIZER_DIR,
     TraceInfo,
     completed_shards,
     read_info,
@@ -305,6 +306,8 @@ def generate(config: GenerateConfig, engine: TeacherEngine | None = None) -> Pat
 
     # 4. the card, once every worker's shards are in
     if len(completed_shards(out, num_shards, info)) == num_shards:
+        # the ids' spelling travels with them: token-level KD for a student of another tokenizer
+        tokenizer.save_pretrained(out / TOKENIZER_DIR)
         write_card(out, info)
         logger.info(f"trace dataset complete: {out} (card: {out / 'README.md'})")
     else:

@@ -40,7 +40,7 @@ from reasondistill.core.logs import setup_logging
 from reasondistill.core.model_dir import check_model_source
 from reasondistill.core.recipe import RecipeError, parse_recipe, split_recipe_argument
 from reasondistill.core.run_reuse import RunDirError, check_run_dir, finish_run, start_run
-from reasondistill.core.traces import TraceInfo, read_info
+from reasondistill.core.traces import TOKENIZER_DIR, TraceInfo, read_info
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import (
     TopKCollator,
@@ -136,7 +136,7 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
             f"student {student} has another tokenizer than the traces' teacher: use lmbda: 0"
         )
     teacher_tokenizer = (
-        cross_tokenizer_teacher(info, args) if cross_tokenizer and args.kd_weight > 0 else None
+        cross_tokenizer_teacher(args.traces, info, args) if cross_tokenizer and args.kd_weight > 0 else None
     )
     train_dataset, info, dropped = load_trace_dataset(
         args.traces, args.only_correct, args.max_length, render_with, args.num_traces, True, teacher_tokenizer
@@ -208,10 +208,11 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def cross_tokenizer_teacher(info: TraceInfo, args: DistillConfig) -> PreTrainedTokenizerBase:
-    """The traces' teacher tokenizer (`teacher_model`, else the one the traces record), which token-level
-    KD across tokenizers needs to spell the teacher's tokens as bytes."""
-    source = args.teacher_model or info.tokenizer
+def cross_tokenizer_teacher(trace_dir: str, info: TraceInfo, args: DistillConfig) -> PreTrainedTokenizerBase:
+    """The traces' teacher tokenizer, which token-level KD across tokenizers needs to spell the teacher's
+    ids as bytes: the copy in the dataset (schema >= 1.2), else `teacher_model`, else the recorded one."""
+    stored = Path(trace_dir) / TOKENIZER_DIR
+    source = str(stored) if stored.is_dir() else args.teacher_model or info.tokenizer
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as error:

@@ -425,7 +425,7 @@ def test_trace_info_json_is_checked():
 def test_schema_1_0_info_reads_without_prompt_render_and_unknown_fields_stay_refused():
     render = {"system_prompt": None, "instruction": "Box it.", "think_prefill": True}
     info = make_info(20, QWEN_VOCAB, prompt_render=render)
-    assert traces.SCHEMA_VERSION == "1.1" and TraceInfo.from_json(info.to_json()) == info
+    assert traces.SCHEMA_VERSION == "1.2" and TraceInfo.from_json(info.to_json()) == info
     old = json.loads(info.to_json()) | {"schema_version": "1.0"}
     del old["prompt_render"]  # as a 1.0 writer wrote it
     parsed = TraceInfo.from_json(json.dumps(old))

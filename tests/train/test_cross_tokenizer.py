@@ -8,6 +8,7 @@ another vocabulary size, as a Llama student of a Qwen teacher.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from reasondistill.core.arithmetic_task import generate_problems
-from reasondistill.core.traces import load_traces, read_info, read_topk, tokenizer_fingerprint
+from reasondistill.core.traces import TOKENIZER_DIR, load_traces, read_info, read_topk, tokenizer_fingerprint
 from reasondistill.demo.factory import save_initial_model
 from reasondistill.demo.teacher import render_conversation, train_teacher
 from reasondistill.demo.teacher_config import TeacherConfig
@@ -223,9 +224,11 @@ def test_token_level_targets_are_aligned_by_bytes(trace_dir, student_dir, teache
     assert checked["exact"] > 0 and checked["merged"] > 0
 
 
-def test_token_level_training_across_tokenizers_runs(tmp_path, trace_dir, student_dir, teacher_dir, info_log):
-    settings = dict(kd_weight=1, prompt_chat_template="student", teacher_model=str(teacher_dir))
-    out = run(recipe(tmp_path, student_dir, trace_dir, **settings))
+def test_token_level_training_across_tokenizers_runs(tmp_path, trace_dir, student_dir, info_log):
+    # the teacher's tokenizer comes with the traces (schema 1.2): no teacher_model needed
+    stored = AutoTokenizer.from_pretrained(trace_dir / TOKENIZER_DIR)
+    assert tokenizer_fingerprint(stored.get_vocab()) == read_info(trace_dir).tokenizer_fingerprint
+    out = run(recipe(tmp_path, student_dir, trace_dir, kd_weight=1, prompt_chat_template="student"))
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     kd = [s["kd"] for s in history if "kd" in s]
     assert len(kd) == 2 and np.isfinite(kd).all() and min(kd) > 0
@@ -242,16 +245,20 @@ def test_sequence_level_training_runs_and_wrong_settings_are_refused(
     assert read_info(trace_dir).tokenizer_fingerprint != tokenizer_fingerprint(
         AutoTokenizer.from_pretrained(out).get_vocab()
     )
+    older = tmp_path / "traces-1.1"
+    shutil.copytree(trace_dir, older, ignore=shutil.ignore_patterns(TOKENIZER_DIR))
     refusals = {
         "prompt_chat_template: student": {"kd_weight": 1},  # the stored ids are the teacher's
         "use lmbda: 0": {"prompt_chat_template": "student", "lmbda": 1, "teacher_model": str(teacher_dir)},
-        "set teacher_model to a local copy": {
+        "set teacher_model to a local copy": {  # traces of schema 1.1 carry no tokenizer
             "prompt_chat_template": "student",
             "teacher_model": "missing/teacher",
+            "older": True,
         },
     }
     for n, (message, settings) in enumerate(refusals.items()):
         refused = tmp_path / f"refused-{n}"
         with pytest.raises(ValueError, match=message):
-            run(recipe(tmp_path, student_dir, trace_dir, output_dir=str(refused), **settings))
+            traces = older if settings.pop("older", False) else trace_dir
+            run(recipe(tmp_path, student_dir, traces, output_dir=str(refused), **settings))
         assert not refused.exists() or not any(refused.iterdir())

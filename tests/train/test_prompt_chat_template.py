@@ -19,7 +19,15 @@ from conftest import generate_config
 from test_train import assert_teacher_topk_on_completions, on_policy_trainer, recipe, run
 from transformers import AutoTokenizer
 
-from reasondistill.core.traces import INFO_FILE, INFO_KEY, load_traces, read_info, read_topk, shard_path
+from reasondistill.core.traces import (
+    INFO_FILE,
+    INFO_KEY,
+    SCHEMA_VERSION,
+    load_traces,
+    read_info,
+    read_topk,
+    shard_path,
+)
 from reasondistill.demo.tokenizer import CHAT_TEMPLATE
 from reasondistill.generate.generate import generate
 from reasondistill.train.distill_config import DistillConfig
@@ -83,7 +91,7 @@ def trace_dir(tmp_path_factory, r1_teacher) -> Path:
 def test_student_prompts_carry_the_stored_completions_and_targets(trace_dir, student_dir):
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     dataset, info, _ = load_trace_dataset(str(trace_dir), False, None, tokenizer)
-    assert info.schema_version == "1.1" and info.prompt_render == RENDER
+    assert info.schema_version == SCHEMA_VERSION and info.prompt_render == RENDER
     stored = list(load_traces(trace_dir))
     batch = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)(list(dataset))
     for b, record in enumerate(stored):
@@ -137,7 +145,7 @@ def test_schema_1_0_traces_load_as_teacher_prompts_and_are_refused_as_student(
     # resuming it with this version finishes it at 1.1: the same recipe rendered the same prompts
     shard_path(old, 1, 2).unlink()
     generate(trace_config(r1_teacher, old))
-    assert read_info(old).prompt_render == RENDER and read_info(old).schema_version == "1.1"
+    assert read_info(old).prompt_render == RENDER and read_info(old).schema_version == SCHEMA_VERSION
     assert len(load_trace_dataset(str(old), False, None, AutoTokenizer.from_pretrained(student_dir))[0]) == 12
 
 
