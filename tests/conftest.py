@@ -58,6 +58,24 @@ TINY_TEACHER = dict(
 )
 
 
+def plant_redundancy(model_dir, tokenizer, identity_layer: int, out):
+    """Save to `out` the model of `model_dir` with known redundancy: layer `identity_layer` is the
+    identity (its attention and MLP outputs are zero) and MLP channels 0-31 of every layer are dead
+    (their up_proj rows are zero): what pruning must find."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[identity_layer].self_attn.o_proj.weight.zero_()
+        model.model.layers[identity_layer].mlp.down_proj.weight.zero_()
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[:32].zero_()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 # The tiny model's engine settings: float32 (what vLLM-CPU runs), a small KV cache, top-8 logprobs.
 TINY_ENGINE = dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.2, logprobs=8, seed=0)
 

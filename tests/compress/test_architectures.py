@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import plant_redundancy
 from transformers import AutoModelForCausalLM, Phi3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -223,19 +224,10 @@ def test_llama_cpp_greedy_matches_transformers(tiny, gguf_files, gguf_weights_mo
 
 @pytest.fixture(scope="module")
 def planted(tiny, tmp_path_factory):
-    """The tiny model with known redundancy: layer 1 is the identity (its attention and MLP outputs are
-    zero; for Gemma 3 a sliding-window layer, so the kept layers' types shift) and MLP channels 0-31 of
-    every layer are dead (their up_proj rows are zero)."""
+    """The tiny model with layer 1 the identity (for Gemma 3 a sliding-window layer, so the kept layers'
+    types shift) and MLP channels 0-31 dead (conftest.plant_redundancy)."""
     arch, directory, tokenizer = tiny
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    with torch.no_grad():
-        model.model.layers[1].self_attn.o_proj.weight.zero_()
-        model.model.layers[1].mlp.down_proj.weight.zero_()
-        for layer in model.model.layers:
-            layer.mlp.up_proj.weight[:32].zero_()
-    out = tmp_path_factory.mktemp(f"planted-{arch}")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out = plant_redundancy(directory, tokenizer, 1, tmp_path_factory.mktemp(f"planted-{arch}"))
     pruned = tmp_path_factory.mktemp(f"pruned-{arch}")
     args = [
         "--model",

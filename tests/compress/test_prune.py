@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import plant_redundancy
 from transformers import AutoModelForCausalLM
 
 from reasondistill.cli import main
@@ -21,18 +22,8 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def planted_dir(tiny_model_dir, tmp_path_factory, demo_tokenizer):
-    """The tiny model with known redundancy: layer 2 is the identity (its attention and MLP outputs are
-    zero), and MLP channels 0-31 of every layer are dead (their up_proj rows are zero)."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    with torch.no_grad():
-        model.model.layers[2].self_attn.o_proj.weight.zero_()
-        model.model.layers[2].mlp.down_proj.weight.zero_()
-        for layer in model.model.layers:
-            layer.mlp.up_proj.weight[:32].zero_()
-    directory = tmp_path_factory.mktemp("planted")
-    model.save_pretrained(directory)
-    demo_tokenizer.save_pretrained(directory)
-    return directory
+    """The tiny model with layer 2 the identity and MLP channels 0-31 dead (conftest.plant_redundancy)."""
+    return plant_redundancy(tiny_model_dir, demo_tokenizer, 2, tmp_path_factory.mktemp("planted"))
 
 
 @pytest.fixture(scope="module")
