@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,6 +48,11 @@ def render_conversation(problem: Problem) -> str:
     return CHAT_TEMPLATE_RENDERER.render(messages=prompt_msgs + [answer], add_generation_prompt=False)
 
 
+def tokenizer_corpus(train: list[Problem]) -> Iterator[str]:
+    """What the demo's tokenizers are trained on: the first TOKENIZER_PROBLEMS training problems, rendered."""
+    return (render_conversation(p) for p in train[:TOKENIZER_PROBLEMS])
+
+
 def tokenize_example(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> tuple[list[int], int]:
     """Token ids of prompt + answer (through <|im_end|>) and the prompt length (no loss there)."""
     prompt_msgs, answer = chat_messages(problem)
@@ -71,8 +77,7 @@ def train_teacher(config: TeacherConfig) -> Path:
 
     train = generate_problems("train", config.train_problems, config.levels, config.seed)
     test = generate_problems("test", config.eval_problems, config.levels, config.seed)
-    corpus = (render_conversation(p) for p in train[:TOKENIZER_PROBLEMS])
-    tokenizer = train_tokenizer(corpus, config.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(train), config.vocab_size)
     examples = [tokenize_example(tokenizer, p) for p in train]
     model = build_model(config.size, tokenizer, seed=config.seed)
     logger.info(
@@ -125,5 +130,4 @@ def digit_runs_tokenizer(teacher_dir: Path) -> PreTrainedTokenizerBase:
     "35" can be one token) and DIGIT_RUNS_VOCAB entries; same chat template and special tokens."""
     config = TeacherConfig(**json.loads((teacher_dir / BUILD_INFO_FILE).read_text())["config"])
     train = generate_problems("train", config.train_problems, config.levels, config.seed)
-    texts = (render_conversation(p) for p in train[:TOKENIZER_PROBLEMS])
-    return train_tokenizer(texts, DIGIT_RUNS_VOCAB, LLAMA3_SPLIT_PATTERN)
+    return train_tokenizer(tokenizer_corpus(train), DIGIT_RUNS_VOCAB, LLAMA3_SPLIT_PATTERN)

@@ -109,7 +109,7 @@ def retokenize_completions(
     return ids
 
 
-def aligned_targets(
+def align_record(
     record: dict, student_ids: list[int], teacher: TeacherVocab, student: StudentVocab, k: int
 ) -> tuple[dict[str, list], dict[str, int]] | None:
     """The stored top-k of one record moved onto the student's tokens `student_ids` (its completion text,
@@ -299,7 +299,7 @@ def align_dataset(
     dataset, info: TraceInfo, teacher_tokenizer, student_tokenizer
 ) -> tuple[object, dict[str, int]]:
     """Every record's stored top-k moved onto its re-tokenized completion (column `student_ids`) by
-    `aligned_targets`; records whose teacher tokens do not spell the text are dropped. Returns the dataset
+    `align_record`; records whose teacher tokens do not spell the text are dropped. Returns the dataset
     and, per kind of target, how many student tokens got it (and how many teacher tokens spelled no text)."""
     check_tokenizer(info, teacher_tokenizer, teacher_tokenizer.name_or_path)
     teacher = TeacherVocab.of(teacher_tokenizer)
@@ -307,7 +307,7 @@ def align_dataset(
     kind_columns = [f"target_{kind}" for kind in TARGET_KINDS] + ["teacher_tokens_without_text"]
 
     def align(record: dict) -> dict:
-        result = aligned_targets(record, record["student_ids"], teacher, student, info.k)
+        result = align_record(record, record["student_ids"], teacher, student, info.k)
         if result is None:
             return {"aligned": False, "topk_ids": [], "topk_logprob_codes": []} | dict.fromkeys(
                 kind_columns, 0
