@@ -21,7 +21,8 @@ Studies:
 - on_policy: off-policy KD, on-policy distillation (lmbda 1, reverse KL, the teacher scoring the
   student's samples) from the start, after SFT and after KD, each given `--on-policy-steps` steps, and
   SFT followed by `--more-sft-steps` more SFT steps (set it to what the on-policy steps cost in wall
-  time).
+  time); the `*-new-prompts` arms sample after `--on-policy-prompts` questions of the task's training
+  split instead of the traces' prompts (on-policy needs questions, not verified traces).
 - tokenizers: SFT and KD students of the teacher's tokenizer against an SFT student of another
   tokenizer (demo.teacher.digit_runs_tokenizer: numbers in runs of up to 3 digits, another vocabulary
   size) trained on the traces' text re-tokenized (kd_weight 0, prompt_chat_template student), all from
@@ -90,6 +91,12 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
             "teacher_model": args.teacher,
         }
         steps = budget(args.on_policy_steps)
+        # questions only, beyond the traces: the training split of the task, whose first 512 problems
+        # are the traces' prompts (the students are scored on the test split)
+        new_prompts = {
+            "on_policy_prompts": "task:arithmetic",
+            "on_policy_num_prompts": args.on_policy_prompts,
+        }
         return [
             (
                 args.start,
@@ -100,6 +107,8 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
                     "sft-then-on-policy": {AFTER: "sft", **on_policy, **steps},
                     "sft-then-sft": {AFTER: "sft", **SFT, **budget(args.more_sft_steps)},
                     "kd-then-on-policy": {AFTER: "kd", **on_policy, **steps},
+                    "sft-then-on-policy-new-prompts": {AFTER: "sft", **on_policy, **steps, **new_prompts},
+                    "kd-then-on-policy-new-prompts": {AFTER: "kd", **on_policy, **steps, **new_prompts},
                 },
             )
         ]
@@ -176,6 +185,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-steps", type=int, default=1000)
     parser.add_argument("--on-policy-steps", type=int, default=300)
+    parser.add_argument(
+        "--on-policy-prompts", type=int, default=4096, help="questions the *-new-prompts arms sample after"
+    )
     parser.add_argument("--more-sft-steps", type=int, default=1000, help="sft-then-sft's extra steps")
     parser.add_argument("--start", choices=["random", "base", "pruned"], default="random")
     parser.add_argument("--num-traces", type=int, help="train every arm on the first N traces")

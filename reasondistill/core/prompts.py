@@ -119,7 +119,7 @@ def load_prompts(
     subset: str | None = None,
     limit: int | None = None,
     question_field: str = "question",
-    answer_field: str = "answer",
+    answer_field: str | None = "answer",
     id_field: str | None = None,
     completion_field: str | None = None,
     answer_format: AnswerFormat = "plain",
@@ -129,7 +129,7 @@ def load_prompts(
     """Read a prompt set; refuse it with a message naming the field and the fix if it is unusable.
 
     `source` is task:arithmetic, a .jsonl/.parquet file, a dataset directory, or a hub id (`subset`
-    names its configuration).
+    names its configuration). `answer_field` None reads questions only (gold answers left empty).
     """
     if source.startswith(TASK_PREFIX):
         if source != f"{TASK_PREFIX}arithmetic":
@@ -150,7 +150,7 @@ def load_prompts(
             )
     records = []
     for index, row in enumerate(rows):
-        answer = str(row[answer_field])
+        answer = "" if answer_field is None else str(row[answer_field])  # None: questions only
         records.append(
             PromptRecord(
                 prompt_id=str(row[id_field]) if id_field else f"row-{index}",

@@ -114,6 +114,25 @@ class DistillConfig(SFTConfig):
     teacher_model: str | None = field(
         default=None, metadata={"help": "Teacher model directory; needed when lmbda > 0 (on-policy scoring)."}
     )
+    on_policy_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where on-policy steps take their prompts: a prompt source as `reasondistill generate` "
+            "reads it (task:arithmetic, a .jsonl/.parquet file, a dataset directory; questions only, no "
+            "answers or traces needed), rendered as the traces' prompts were. Each on-policy step draws its "
+            "prompts from it uniformly (torch's RNG, so a resumed run draws the same). None = the prompts of "
+            "the step's trace batch."
+        },
+    )
+    on_policy_prompts_split: str = field(
+        default="train", metadata={"help": "Split of on_policy_prompts (the bundled task: train or test)."}
+    )
+    on_policy_num_prompts: int | None = field(
+        default=None, metadata={"help": "Use the first n prompts of on_policy_prompts; None = all."}
+    )
+    on_policy_question_field: str = field(
+        default="question", metadata={"help": "Column of on_policy_prompts that holds the question."}
+    )
     on_policy_max_new_tokens: int = field(
         default=256, metadata={"help": "Completion length the student samples in on-policy steps."}
     )
@@ -231,6 +250,11 @@ class DistillConfig(SFTConfig):
             raise ValueError(
                 f"on_policy_generation_batch_size must be >= 1 (or null), got {generation_batch}"
             )
+        if self.on_policy_prompts and self.lmbda == 0:
+            raise ValueError("on_policy_prompts feeds on-policy steps, but lmbda is 0: set lmbda > 0")
+        limit = self.on_policy_num_prompts
+        if limit is not None and limit < 1:
+            raise ValueError(f"on_policy_num_prompts must be >= 1 (or null), got {limit}")
         if self.lmbda > 0 and self.kd_weight == 0:
             raise ValueError("on-policy steps train only the divergence term; set kd_weight > 0 or lmbda: 0")
         if self.remove_unused_columns:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from reasondistill.core.prompts import render_prompt
+from reasondistill.core.prompts import load_prompts, render_prompt
 from reasondistill.core.traces import (
     TOPK_COLUMNS,
     TraceInfo,
@@ -190,6 +190,50 @@ def student_prompt_ids(
             )
         ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return ids
+
+
+@dataclass(frozen=True)
+class OnPolicyPrompts:
+    """Questions for on-policy steps beyond the traces (`on_policy_prompts`), rendered once: the prompt
+    ids the student samples after and the ones the teacher scores after, index by index."""
+
+    student: list[list[int]]
+    teacher: list[list[int]]
+
+
+def load_on_policy_prompts(
+    source: str,
+    split: str,
+    limit: int | None,
+    question_field: str,
+    info: TraceInfo,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase | None,
+    max_length: int | None,
+) -> tuple[OnPolicyPrompts, int]:
+    """(prompts, how many were dropped because they fill `max_length`) of a prompt source, rendered as the
+    traces' prompts were (`info.prompt_render`) with the teacher's chat template, and with the student's
+    when `student_tokenizer` is given (prompt_chat_template: student; else the student reads the
+    teacher's ids). Only questions are read: on-policy steps need no answers and no teacher traces."""
+    if info.prompt_render is None:
+        raise ValueError(
+            f"on_policy_prompts are rendered as the traces' prompts were, but these traces (schema "
+            f"{info.schema_version}) do not record how: regenerate them with this version, or drop "
+            "on_policy_prompts to sample after the traces' own prompts"
+        )
+    records = load_prompts(source, split=split, limit=limit, question_field=question_field, answer_field=None)
+    questions = [record.question for record in records]
+    texts = [render_prompt(teacher_tokenizer, q, **info.prompt_render) for q in questions]
+    teacher = [teacher_tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    student = (
+        teacher
+        if student_tokenizer is None
+        else student_prompt_ids(student_tokenizer, questions, texts, info.prompt_render)
+    )
+    keep = [i for i, ids in enumerate(student) if max_length is None or len(ids) < max_length]
+    if not keep:
+        raise ValueError(f"on_policy_prompts {source!r}: every prompt fills max_length={max_length}")
+    return OnPolicyPrompts([student[i] for i in keep], [teacher[i] for i in keep]), len(records) - len(keep)
 
 
 def load_trace_dataset(

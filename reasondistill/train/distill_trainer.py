@@ -33,7 +33,7 @@ from trl import SFTTrainer
 
 from reasondistill.core.engines import ScoringEngine
 from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.distill_data import TopKCollator
+from reasondistill.train.distill_data import OnPolicyPrompts, TopKCollator
 from reasondistill.train.losses import LossSettings, distillation_loss
 from reasondistill.train.losses.distill import IGNORE_INDEX
 from reasondistill.train.on_policy import StudentSampler, load_student_sampler, load_teacher_scorer
@@ -122,6 +122,7 @@ class DistillTrainer(SFTTrainer):
         args: DistillConfig,
         data_collator: TopKCollator,
         gen_temperature: float = 1.0,
+        on_policy_prompts: OnPolicyPrompts | None = None,
         **kwargs,
     ):
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
@@ -134,6 +135,7 @@ class DistillTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
         self.loss_settings = args.loss_settings(gen_temperature)
         self.on_policy_loss_settings: LossSettings | None = None
+        self.on_policy_prompts = on_policy_prompts
         self.student_sampler: StudentSampler | None = None
         self.teacher_scorer: ScoringEngine | None = None
         if args.lmbda > 0:
@@ -191,11 +193,29 @@ class DistillTrainer(SFTTrainer):
         """The micro-batches' prompts, with completions the student samples now and the teacher's top-k.
 
         One sampler call for the whole accumulated batch: vLLM syncs the weights (or loads the adapter)
-        once per optimizer step and generates for all its prompts together."""
+        once per optimizer step and generates for all its prompts together. With `on_policy_prompts` the
+        step's prompts are drawn from those instead, as many as the batches hold."""
         prompts = [
             [batch["input_ids"][b, :n].tolist() for b, n in enumerate(batch["prompt_lengths"].tolist())]
             for batch in batches
         ]
+        # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
+        teacher_prompts = [
+            prompt
+            for batch, group in zip(batches, prompts, strict=True)
+            for prompt in batch.get("teacher_prompt_token_ids", group)
+        ]
+        if self.on_policy_prompts is not None:
+            # from torch's global RNG (checkpoints restore it), offset per process so that processes
+            # draw different prompts as they read different trace batches
+            draw = torch.Generator().manual_seed(
+                int(torch.randint(2**31 - 1, ())) + self.accelerator.process_index * 2**32
+            )
+            count = len(self.on_policy_prompts.student)
+            drawn = torch.randint(count, (len(teacher_prompts),), generator=draw).tolist()
+            teacher_prompts = [self.on_policy_prompts.teacher[i] for i in drawn]
+            chosen = iter(self.on_policy_prompts.student[i] for i in drawn)
+            prompts = [[next(chosen) for _ in group] for group in prompts]
         flat_prompts = [prompt for group in prompts for prompt in group]
         # torch's global RNG (checkpoints restore it) draws the same on every process: each process gets
         # its own range, so that a prompt on two processes gets two samples
@@ -205,12 +225,6 @@ class DistillTrainer(SFTTrainer):
             self.accelerator.unwrap_model(self.model), flat_prompts, seed
         )
         self.compute.student_sampling_seconds += time.perf_counter() - start
-        # the teacher reads its own chat template's prompt (prompt_chat_template: student re-renders ours)
-        teacher_prompts = [
-            prompt
-            for batch, group in zip(batches, prompts, strict=True)
-            for prompt in batch.get("teacher_prompt_token_ids", group)
-        ]
         start = time.perf_counter()
         scores = self.teacher_scorer.score(teacher_prompts, completions)  # raw logprobs: gen_temperature 1
         self.compute.teacher_scoring_seconds += time.perf_counter() - start

@@ -46,6 +46,7 @@ from reasondistill.train.distill_data import (
     TopKCollator,
     check_tokenizer,
     gen_temperature,
+    load_on_policy_prompts,
     load_trace_dataset,
     same_tokenizer,
 )
@@ -155,8 +156,27 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
             raise ValueError(
                 f"eval_traces store top-{eval_info.k}, the training traces top-{info.k}: use one k"
             )
+    on_policy_prompts = None
     if args.lmbda > 0:  # the trainer loads the teacher for on-policy scoring (reasondistill.train.on_policy)
-        check_tokenizer(info, AutoTokenizer.from_pretrained(args.teacher_model), args.teacher_model)
+        teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model)
+        check_tokenizer(info, teacher_tokenizer, args.teacher_model)
+        if args.on_policy_prompts:
+            on_policy_prompts, too_long = load_on_policy_prompts(
+                args.on_policy_prompts,
+                args.on_policy_prompts_split,
+                args.on_policy_num_prompts,
+                args.on_policy_question_field,
+                info,
+                teacher_tokenizer,
+                render_with,
+                args.max_length,
+            )
+            logger.info(
+                "on-policy steps draw from %d prompts of %s (%d dropped: prompt fills max_length)",
+                len(on_policy_prompts.student),
+                args.on_policy_prompts,
+                too_long,
+            )
     model = load_model(student, model_args)
 
     # Loaded: the run starts now. Every process has read OUTPUT_DIR before the main one writes it, and the
@@ -180,6 +200,7 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
         args=args,
         data_collator=collator,
         gen_temperature=gen_temperature(info),
+        on_policy_prompts=on_policy_prompts,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -62,6 +62,7 @@ def test_data_efficiency_study_trains_each_count_and_plots(tiny_model_dir, tmp_p
 def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
     command = study_command("on_policy", tiny_model_dir, tmp_path) + ["--seeds", "0", "--max-steps", "2"]
     command += ["--on-policy-steps", "2", "--more-sft-steps", "3", "--num-traces", "4"]
+    command += ["--on-policy-prompts", "8"]
     command += ["--output-dir", str(tmp_path / "study")]
     run = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -75,6 +76,8 @@ def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
         "sft-then-on-policy",
         "sft-then-sft",
         "kd-then-on-policy",
+        "sft-then-on-policy-new-prompts",
+        "kd-then-on-policy-new-prompts",
     ]
     assert {Path(s["directory"]).parts[-4] for s in students.values()} == {"students-4traces"}
     # a chain's compute adds its start's: SFT's 2 off-policy steps, then 2 on-policy or 3 more SFT steps
@@ -85,6 +88,10 @@ def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
     assert students["sft-then-sft"]["compute"]["student_tokens"] > sft_tokens
     assert students["sft-then-on-policy"]["compute"]["student_tokens"] > sft_tokens
     assert students["kd-then-on-policy"]["compute"]["on_policy_steps"] == 2
+    for method in ("sft-then-on-policy-new-prompts", "kd-then-on-policy-new-prompts"):
+        assert students[method]["compute"]["on_policy_steps"] == 2
+        recorded = (Path(students[method]["directory"]) / "train_recipe.yaml").read_text()
+        assert "on_policy_prompts: task:arithmetic" in recorded and "on_policy_num_prompts: 8" in recorded
     # --methods runs a subset, with the methods it chains onto; the students above are reused
     command += ["--methods", "kd-then-on-policy"]
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -24,11 +24,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import ModelConfig, get_peft_config
 
+from reasondistill.core.prompts import render_prompt
 from reasondistill.core.recipe import RecipeError, parse_recipe
-from reasondistill.core.traces import read_topk
+from reasondistill.core.traces import read_info, read_topk
 from reasondistill.generate.generate import generate
 from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.distill_data import TopKCollator, load_trace_dataset
+from reasondistill.train.distill_data import TopKCollator, load_on_policy_prompts, load_trace_dataset
 from reasondistill.train.distill_trainer import DistillTrainer
 from reasondistill.train.losses import LossSettings, distillation_loss_from_logits
 from reasondistill.train.on_policy import TransformersSampler
@@ -518,6 +519,40 @@ def test_on_policy_steps_score_student_samples_with_the_teacher(
     assert compute["on_policy_steps"] == 2 and compute["on_policy_tokens"] == compute["student_tokens"] > 0
     assert compute["student_sampling_seconds"] + compute["teacher_scoring_seconds"] > 0
     assert compute["student_sampling_seconds"] + compute["teacher_scoring_seconds"] < compute["train_seconds"]
+
+
+def test_on_policy_prompts_beyond_the_traces(tmp_path, trace_dir, tiny_model_dir, other_teacher_dir):
+    """With on_policy_prompts (questions only), on-policy steps sample after those questions rendered as
+    the traces' prompts were, the teacher scores them, and a run trains on them."""
+    questions = [f"What is {a} plus {a + 1}?" for a in range(40, 50)]
+    source = tmp_path / "questions.jsonl"
+    source.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))  # no answer column
+    trainer, offline, (model_args, args) = on_policy_trainer(
+        tmp_path, trace_dir, tiny_model_dir, other_teacher_dir, on_policy_prompts=str(source)
+    )
+    info = read_info(str(trace_dir))
+    tokenizer = AutoTokenizer.from_pretrained(other_teacher_dir)
+    prompts, too_long = load_on_policy_prompts(
+        str(source), "train", None, "question", info, tokenizer, None, None
+    )
+    rendered = [
+        tokenizer(render_prompt(tokenizer, q, **info.prompt_render), add_special_tokens=False)["input_ids"]
+        for q in questions
+    ]
+    assert too_long == 0 and prompts.student == prompts.teacher == rendered
+    trainer.on_policy_prompts = prompts
+    online = trainer.on_policy_batches([offline])[0]
+    drawn = [online["input_ids"][b, :p].tolist() for b, p in enumerate(online["prompt_lengths"].tolist())]
+    assert len(drawn) == 3 and all(prompt in rendered for prompt in drawn)
+    assert_teacher_topk_on_completions(online, online, other_teacher_dir, 1e-5)
+    out = train(model_args, args)
+    compute = json.loads((out / COMPUTE_FILE).read_text())
+    assert compute["on_policy_steps"] == 2 and compute["on_policy_tokens"] > 0
+    with pytest.raises(ValueError, match="lmbda is 0"):
+        parse_recipe(
+            recipe(tmp_path, tiny_model_dir, trace_dir, on_policy_prompts=str(source)),
+            (ModelConfig, DistillConfig),
+        )
 
 
 def test_transformers_sampling_in_chunks_gives_each_prompt_its_own_completion(
