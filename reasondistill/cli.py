@@ -48,6 +48,10 @@ STAGES = {
         "Distil through teaching assistants (teacher -> TA -> ... -> student, each on the traces of the one "
         "before), beside the student distilled directly, and evaluate them all."
     ),
+    "federate": (
+        "Federated distillation on Flower: clients send only top-k soft labels on a public prompt set, the "
+        "server aggregates them into one teacher signal per token and distils a global student each round."
+    ),
     "demo": (
         "Run the whole pipeline on CPU with models the project builds itself (no model hub): demo "
         "teacher -> vLLM traces -> SFT and KD students -> 4-bit -> prune, distil, quantize the teacher -> "
@@ -64,6 +68,7 @@ STAGE_CONFIGS = {
     "prune": ["reasondistill.compress.prune_config:PruneConfig"],
     "pdq": ["reasondistill.chains.pdq_config:PDQConfig"],
     "progressive": ["reasondistill.chains.progressive_config:ProgressiveConfig"],
+    "federate": ["reasondistill.federate.federate_config:FederateConfig"],
     "demo": ["reasondistill.demo.teacher_config:TeacherConfig"],
 }
 
@@ -127,6 +132,10 @@ def run_stage(stage: str, recipe: Path | None, overrides: list[str]) -> int:
         from reasondistill.chains.progressive import run_progressive_cli
 
         return run_progressive_cli(recipe, overrides)
+    if stage == "federate":
+        from reasondistill.federate.federate import run_federate
+
+        return run_federate(recipe, overrides)
     if stage == "train":
         from reasondistill.train.train import run_train
 

@@ -22,7 +22,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     result = run_cli("--help")
     assert result.returncode == 0
-    stages = {"generate", "train", "evaluate", "quantize", "prune", "pdq", "progressive", "demo"}
+    stages = {"generate", "train", "evaluate", "quantize", "prune", "pdq", "progressive", "federate", "demo"}
     for stage in stages:
         assert stage in result.stdout
     assert set(STAGES) == stages
@@ -36,6 +36,7 @@ FIELD_OF = {
     "prune": "--num_layers",
     "pdq": "--train_recipe",
     "progressive": "--assistant_traces",
+    "federate": "--client_models",
     "demo": "--steps",
 }
 

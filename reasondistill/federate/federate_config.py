@@ -1,0 +1,126 @@
+"""Settings of `reasondistill federate`: clients, public prompt set, rounds, aggregation, the student."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reasondistill.core.engines import EngineBackend
+
+
+@dataclass
+class FederateConfig:
+    """One federated distillation run: each round the server names public prompts, every client sends
+    its model's top-k soft labels on their public completions, the server aggregates them into one
+    teacher signal (a trace dataset) and distils the global student on it with `reasondistill train`."""
+
+    output_dir: str = field(metadata={"help": "Where the rounds, the consensus traces and the students go."})
+    student: str = field(metadata={"help": "Model directory of the global student before round 1."})
+    train_recipe: str = field(
+        metadata={
+            "help": "`reasondistill train` recipe for each round's distillation; its model_name_or_path, "
+            "traces and output_dir are set by the federation (previous round's student, this round's "
+            "consensus, the round's directory)."
+        }
+    )
+    client_models: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Simulation only: the local model directory of each simulated client (client i runs as "
+            "Flower partition i, named client-i). On a real deployment each SuperNode names its own with "
+            "--node-config \"model-dir='DIR' client-name='NAME'\"."
+        },
+    )
+    num_rounds: int = field(default=2, metadata={"help": "Federated rounds."})
+    prompts_per_round: int = field(
+        default=32,
+        metadata={"help": "Public prompts the server names in each round (the next ones in order)."},
+    )
+    # public set: held by the server and every client alike, so only prompt ids travel
+    public_prompts: str = field(
+        default="task:arithmetic",
+        metadata={
+            "help": "The public prompt set: task:arithmetic (worked solutions as completions) or a "
+            ".jsonl/.parquet file with a completion column (public_completion_field)."
+        },
+    )
+    public_split: str = field(default="train", metadata={"help": "Split of public_prompts to read."})
+    public_task_levels: list[int] = field(
+        default_factory=lambda: [1, 2, 3],
+        metadata={"help": "Difficulty levels of the public problems when public_prompts is task:arithmetic."},
+    )
+    public_seed: int = field(
+        default=7, metadata={"help": "Seed of the public problems (task:arithmetic); clients use the same."}
+    )
+    public_id_field: str | None = field(
+        default=None, metadata={"help": "Column of a public prompt file with unique prompt ids."}
+    )
+    public_completion_field: str = field(
+        default="completion", metadata={"help": "Column of a public prompt file holding the completion."}
+    )
+    instruction: str | None = field(
+        default=None, metadata={"help": "Appended to each public question (see generate's instruction)."}
+    )
+    # soft labels and aggregation
+    k: int = field(
+        default=20, metadata={"help": "Top-k entries per token each client sends and the consensus keeps."}
+    )
+    min_clients: int = field(
+        default=2, metadata={"help": "Fewest accepted clients a round needs; fewer stops the run."}
+    )
+    round_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds the server waits for replies; a client not heard from by then is missing."
+        },
+    )
+    client_backend: EngineBackend = field(
+        default="transformers", metadata={"help": "How clients score the public completions."}
+    )
+    # simulation (Flower's Simulation Engine, Ray backend)
+    num_cpus_per_client: float = field(
+        default=1.0, metadata={"help": "CPUs Ray reserves per client process (2 cores: 1 runs two at once)."}
+    )
+    simulation_num_cpus: int | None = field(
+        default=None, metadata={"help": "CPUs Ray may use in all; None = every core of the machine."}
+    )
+    forget: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Clients to unlearn from a finished run: the consensus is recomputed without them from "
+            "the stored contributions and the student retrained from the last one they did not influence "
+            "(docs/federate.md); no client is asked anything."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Recorded in the consensus traces' metadata."})
+    overwrite: bool = field(default=False, metadata={"help": "Clear output_dir if it holds another run."})
+
+    def __post_init__(self) -> None:
+        if self.num_rounds < 1 or self.prompts_per_round < 1 or self.k < 1:
+            raise ValueError(
+                f"num_rounds, prompts_per_round and k must be >= 1, got {self.num_rounds}, "
+                f"{self.prompts_per_round}, {self.k}"
+            )
+        if self.min_clients < 1:
+            raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
+        if self.round_timeout is not None and not self.round_timeout > 0:
+            raise ValueError(f"round_timeout must be > 0 seconds (or unset: wait), got {self.round_timeout}")
+
+    @property
+    def public_num_prompts(self) -> int:
+        """Public prompts the run names over all its rounds."""
+        return self.num_rounds * self.prompts_per_round
+
+    def recipe_settings(self) -> dict:
+        """What a client needs to rebuild the public set and answer (sent in every request)."""
+        return {
+            "public-prompts": self.public_prompts,
+            "public-split": self.public_split,
+            "public-task-levels": list(self.public_task_levels),
+            "public-seed": self.public_seed,
+            "public-num-prompts": self.public_num_prompts,
+            "public-id-field": self.public_id_field or "",
+            "public-completion-field": self.public_completion_field,
+            "instruction": self.instruction or "",
+            "k": self.k,
+            "client-backend": self.client_backend,
+        }

@@ -1,0 +1,277 @@
+"""The Flower ServerApp: each round it names public prompts, collects every client's soft labels, rejects
+malformed ones, aggregates the rest into a consensus trace dataset and distils the global student on it.
+
+Rounds are written to disk as they complete (rounds.py), so a server that crashed resumes after its last
+completed round: the rounds before are neither asked nor aggregated again, their students are reused.
+A client that fails or does not answer within `round_timeout` is recorded as missing and the round goes on
+with the others, as long as `min_clients` remain.
+
+On a real deployment (`flwr run` against a SuperLink) the run config names the recipe:
+    [tool.flwr.app.config] recipe = "recipes/demo/federated.yaml"
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import flwr
+from flwr.app import Context, Message, MessageType
+from flwr.serverapp import Grid, ServerApp
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from trl import ModelConfig
+
+from reasondistill.core.engines import LOGPROBS_MODE
+from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.traces import TraceInfo, fingerprint_settings, tokenizer_fingerprint
+from reasondistill.federate.consensus import consensus_records, write_consensus
+from reasondistill.federate.federate_config import FederateConfig
+from reasondistill.federate.public_set import PublicExample, load_public_set
+from reasondistill.federate.rounds import (
+    CONSENSUS_DIR,
+    CONTRIBUTIONS_DIR,
+    STUDENT_DIR,
+    RoundRecord,
+    completed_rounds,
+    round_dir,
+    save_contribution,
+)
+from reasondistill.federate.soft_labels import (
+    MalformedReply,
+    SoftLabels,
+    decode_reply,
+    prompt_set_digest,
+    request_content,
+)
+from reasondistill.federate.validation import RejectedReply, RoundRequest, check_reply
+from reasondistill.train.distill_config import DistillConfig
+from reasondistill.train.train import train_unless_done
+
+logger = logging.getLogger(__name__)
+
+NODE_WAIT_SECONDS = 600  # a deployment's SuperNodes may connect after the run starts
+
+
+class FederationError(ValueError):
+    """A round that cannot go on (too few clients' labels accepted); the message says who and why, and the
+    completed rounds stay for a rerun of the same command to resume after."""
+
+
+@dataclass(frozen=True)
+class PublicSide:
+    """What the server holds of the public set: the examples and the tokenizer they are spelled in."""
+
+    examples: dict[str, PublicExample]
+    tokenizer: PreTrainedTokenizerBase
+    vocab_size: int
+
+    @classmethod
+    def load(cls, config: FederateConfig) -> PublicSide:
+        tokenizer = AutoTokenizer.from_pretrained(config.student)
+        examples = load_public_set(config.recipe_settings(), tokenizer)
+        return cls(examples, tokenizer, AutoConfig.from_pretrained(config.student).vocab_size)
+
+    def request(self, config: FederateConfig, round_number: int) -> RoundRequest:
+        """The round's request: the next prompts_per_round public prompts, in order."""
+        start = (round_number - 1) * config.prompts_per_round
+        prompt_ids = tuple(list(self.examples)[start : start + config.prompts_per_round])
+        return RoundRequest(
+            round=round_number,
+            prompt_ids=prompt_ids,
+            prompt_set_digest=prompt_set_digest(prompt_ids),
+            token_counts=tuple(len(self.examples[p].completion_token_ids) for p in prompt_ids),
+            k=config.k,
+            vocab_size=self.vocab_size,
+            tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer.get_vocab()),
+        )
+
+
+@dataclass
+class RoundReplies:
+    """One round's answers, sorted: accepted labels by client, rejections with reasons, the missing."""
+
+    accepted: dict[str, SoftLabels]
+    rejected: dict[str, str]
+    missing: list[str]
+    bytes_received: dict[str, int]
+
+
+def wait_for_nodes(grid: Grid, min_clients: int) -> list[int]:
+    """The connected SuperNodes' ids, once at least `min_clients` are there (simulation: at once)."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while len(nodes := sorted(grid.get_node_ids())) < min_clients:
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"{len(nodes)} SuperNodes connected in {NODE_WAIT_SECONDS} s; need {min_clients}"
+            )
+        time.sleep(1)
+    return nodes
+
+
+def collect_round(
+    grid: Grid, config: FederateConfig, request: RoundRequest, names: dict[int, str]
+) -> RoundReplies:
+    """Ask every connected client for its soft labels and sort the replies; `names` (node id -> client
+    name, from earlier replies) names the missing and is updated."""
+    nodes = wait_for_nodes(grid, config.min_clients)
+    messages = [
+        Message(
+            request_content(request.round, request.prompt_ids, config.recipe_settings()),
+            dst_node_id=node,
+            message_type=MessageType.QUERY,
+            group_id=str(request.round),
+        )
+        for node in nodes
+    ]
+    replies = RoundReplies({}, {}, [], {})
+    answered = set()
+    for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
+        node = reply.metadata.src_node_id
+        answered.add(node)
+        who = names.get(node, f"node {node}")
+        if reply.has_error():
+            logger.warning(f"round {request.round}: {who} failed and is missing ({reply.error.reason})")
+            replies.missing.append(who)
+            continue
+        try:
+            labels = decode_reply(reply.content)
+            who = names[node] = labels.client
+            if labels.client in replies.accepted:
+                raise RejectedReply("another node already answered under this client name")
+            check_reply(labels, request)
+        except (MalformedReply, RejectedReply) as reason:
+            logger.warning(f"round {request.round}: rejected the soft labels of {who}: {reason}")
+            replies.rejected[who] = str(reason)
+            continue
+        replies.accepted[labels.client] = labels
+        replies.bytes_received[labels.client] = sum(record.count_bytes() for record in reply.content.values())
+    for node in sorted(set(nodes) - answered):
+        who = names.get(node, f"node {node}")
+        logger.warning(f"round {request.round}: no answer from {who} within round_timeout; missing")
+        replies.missing.append(who)
+    return replies
+
+
+def consensus_info(config: FederateConfig, public: PublicSide, round_number: int, weights: dict) -> TraceInfo:
+    """The consensus dataset's metadata: the federation stands where `generate` names the teacher."""
+    return TraceInfo(
+        teacher=f"federated consensus of {', '.join(weights)} (round {round_number})",
+        teacher_revision=None,
+        tokenizer=config.student,
+        tokenizer_fingerprint=tokenizer_fingerprint(public.tokenizer.get_vocab()),
+        vocab_size=public.vocab_size,
+        k=config.k,
+        temperature=1.0,  # the completions were not sampled: scored as given
+        top_p=1.0,
+        logprobs_mode=LOGPROBS_MODE,
+        seed=config.seed,
+        backend=f"flwr {flwr.__version__}",
+        recipe_fingerprint=fingerprint_settings(
+            {**config.recipe_settings(), "round": round_number, **weights}
+        ),
+        prompt_render={"system_prompt": None, "instruction": config.instruction, "think_prefill": False},
+    )
+
+
+def publish_consensus(
+    directory: Path,
+    config: FederateConfig,
+    public: PublicSide,
+    round_number: int,
+    contributions: dict[str, SoftLabels],
+) -> dict[str, float]:
+    """Aggregate a round's contributions (client -> accepted labels), equally weighted, into the
+    consensus trace dataset `directory`; returns the weights."""
+    weights = {client: 1.0 / len(contributions) for client in sorted(contributions)}
+    examples = [public.examples[p] for p in public.request(config, round_number).prompt_ids]
+    ordered = {client: contributions[client] for client in weights}
+    records = consensus_records(examples, ordered, weights, config.k, public.tokenizer)
+    info = consensus_info(config, public, round_number, weights)
+    write_consensus(directory, records, info, public.tokenizer, len(weights))
+    return weights
+
+
+def label_round(
+    grid: Grid, config: FederateConfig, public: PublicSide, round_number: int, names: dict
+) -> None:
+    """Collect, validate and aggregate one round; write its contributions, consensus and record."""
+    started = time.time()
+    request = public.request(config, round_number)
+    replies = collect_round(grid, config, request, names)
+    if len(replies.accepted) < config.min_clients:
+        raise FederationError(
+            f"round {round_number}: the labels of {len(replies.accepted)} clients were accepted "
+            f"({sorted(replies.accepted)}), min_clients is {config.min_clients}; rejected: "
+            f"{replies.rejected or 'none'}, missing: {replies.missing or 'none'}; rerun the command to "
+            f"resume after round {round_number - 1}"
+        )
+    directory = round_dir(config.output_dir, round_number)
+    for labels in replies.accepted.values():
+        save_contribution(directory / CONTRIBUTIONS_DIR, labels)
+    weights = publish_consensus(directory / CONSENSUS_DIR, config, public, round_number, replies.accepted)
+    RoundRecord(
+        round=round_number,
+        prompt_ids=list(request.prompt_ids),
+        aggregated=weights,
+        rejected=replies.rejected,
+        missing=replies.missing,
+        bytes_received=replies.bytes_received,
+        seconds=round(time.time() - started, 1),
+    ).save(directory)
+    logger.info(
+        f"round {round_number}: consensus of {sorted(weights)} on {len(request.prompt_ids)} prompts"
+        + (f"; missing {replies.missing}" if replies.missing else "")
+        + (f"; rejected {sorted(replies.rejected)}" if replies.rejected else "")
+    )
+
+
+def distil_round(config: FederateConfig, round_number: int, consensus: Path, student: str) -> str:
+    """Distil `student` on a round's consensus with the train recipe into the round's student directory."""
+    out = round_dir(config.output_dir, round_number) / STUDENT_DIR
+    placed = ["--model_name_or_path", student, "--traces", str(consensus), "--output_dir", str(out)]
+    model_args, args = parse_recipe(config.train_recipe, (ModelConfig, DistillConfig), placed)
+    if model_args.use_peft:
+        raise ValueError(
+            f"{config.train_recipe}: use_peft is not supported by federate yet (full students only)"
+        )
+    train_unless_done(model_args, args, resume_unfinished=True)
+    return str(out)
+
+
+def run_server(grid: Grid, config: FederateConfig) -> str:
+    """Every round from the first not completed on; returns the final student's directory."""
+    public = PublicSide.load(config)
+    done = completed_rounds(config.output_dir, config.num_rounds)
+    if done:
+        logger.info(f"{config.output_dir}: rounds 1-{done} completed before; resuming after round {done}")
+    names: dict[int, str] = {}
+    student = config.student
+    for round_number in range(1, config.num_rounds + 1):
+        if round_number > done:
+            label_round(grid, config, public, round_number, names)
+        consensus = round_dir(config.output_dir, round_number) / CONSENSUS_DIR
+        student = distil_round(config, round_number, consensus, student)
+    logger.info(f"federated student after {config.num_rounds} rounds: {student}")
+    return student
+
+
+def build_server_app(config: FederateConfig) -> ServerApp:
+    """The ServerApp of a run whose settings are known (the simulation)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, config)
+
+    return app
+
+
+app = ServerApp()  # `flwr run` deployments: serverapp = "reasondistill.federate.server_app:app"
+
+
+@app.main()
+def deployment_main(grid: Grid, context: Context) -> None:
+    (config,) = parse_recipe(str(context.run_config["recipe"]), (FederateConfig,))
+    run_server(grid, config)
