@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.core.engines import EngineConfig, ScoringEngine, load_engine
 from reasondistill.core.traces import encode_logprobs, tokenizer_fingerprint
+from reasondistill.federate.privacy import LabelNoise, noised_labels
 from reasondistill.federate.public_set import PublicExample, load_public_set
 from reasondistill.federate.soft_labels import REQUEST, SoftLabels, prompt_set_digest
 
@@ -47,7 +48,8 @@ def _public_set(model_dir: str, settings_json: str) -> dict[str, PublicExample]:
 
 
 def soft_labels_for(request: ConfigRecord, model_dir: str, client: str) -> SoftLabels:
-    """This client's answer to a round's request: its model's top-k on each named public completion."""
+    """This client's answer to a round's request: its model's top-k on each named public completion, through
+    the Gaussian mechanism of privacy.py first if the request sets a noise multiplier."""
     settings = {key: value for key, value in request.items() if key not in ("round", "prompt-ids")}
     prompt_ids = list(request["prompt-ids"])
     public = _public_set(model_dir, json.dumps(settings, sort_keys=True))
@@ -58,17 +60,32 @@ def soft_labels_for(request: ConfigRecord, model_dir: str, client: str) -> SoftL
     scored = _engine(model_dir, settings["client-backend"], k).score(
         [e.prompt_token_ids for e in examples], [e.completion_token_ids for e in examples]
     )
+    topk_ids = np.concatenate([s.topk_ids for s in scored]).reshape(-1, k).astype(np.int32)  # [N, k]
     topk_logprobs = np.concatenate([s.topk_logprobs for s in scored]).reshape(-1, k)  # [N, k]
+    sampled_logprob = np.concatenate([s.sampled_logprobs for s in scored]).astype(np.float32)  # [N]
+    vocab_size = AutoConfig.from_pretrained(model_dir).vocab_size
+    if settings["dp-noise-multiplier"] > 0:
+        noise = LabelNoise(float(settings["dp-noise-multiplier"]), float(settings["dp-clip-norm"]))
+        completion_ids = np.concatenate([e.completion_token_ids for e in examples])
+        topk_ids, topk_logprobs, sampled_logprob = noised_labels(
+            topk_ids,
+            topk_logprobs,
+            completion_ids,
+            sampled_logprob,
+            vocab_size,
+            noise,
+            np.random.default_rng(),
+        )  # default_rng(): fresh entropy from the OS each round, no seed the server could know
     return SoftLabels(
         client=client,
         round=int(request["round"]),
         prompt_set_digest=prompt_set_digest(prompt_ids),
         k=k,
-        vocab_size=AutoConfig.from_pretrained(model_dir).vocab_size,
+        vocab_size=vocab_size,
         tokenizer_fingerprint=tokenizer_fingerprint(_tokenizer(model_dir).get_vocab()),
-        topk_ids=np.concatenate([s.topk_ids for s in scored]).reshape(-1, k).astype(np.int32),
+        topk_ids=topk_ids,
         topk_logprob_codes=encode_logprobs(topk_logprobs),
-        sampled_logprob=np.concatenate([s.sampled_logprobs for s in scored]).astype(np.float32),
+        sampled_logprob=sampled_logprob,
         token_counts=np.asarray([len(e.completion_token_ids) for e in examples], dtype=np.int32),
     )
 

@@ -76,6 +76,26 @@ class FederateConfig:
     client_backend: EngineBackend = field(
         default="transformers", metadata={"help": "How clients score the public completions."}
     )
+    # privacy (federate/privacy.py): Gaussian noise on each client's labels before they leave it
+    dp_noise_multiplier: float | None = field(
+        default=None,
+        metadata={
+            "help": "Off when unset. Noise multiplier z of the Gaussian mechanism each client applies to its "
+            "soft labels every round (noise std z * dp_clip_norm * sqrt(2 * tokens of the round)); the "
+            "server reports each client's (epsilon, dp_delta) in round.json. Client-level DP: "
+            "docs/federate.md says what it protects and what not."
+        },
+    )
+    dp_clip_norm: float = field(
+        default=1.0,
+        metadata={
+            "help": "L2 norm each token's probability vector (ids + tail) is clipped to before the noise; "
+            ">= 1 never clips a probability vector."
+        },
+    )
+    dp_delta: float = field(
+        default=1e-5, metadata={"help": "delta at which the server reports each client's epsilon."}
+    )
     # simulation (Flower's Simulation Engine, Ray backend)
     num_cpus_per_client: float = field(
         default=1.0, metadata={"help": "CPUs Ray reserves per client process (2 cores: 1 runs two at once)."}
@@ -102,6 +122,14 @@ class FederateConfig:
             )
         if self.min_clients < 1:
             raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
+        if self.dp_noise_multiplier is not None and not self.dp_noise_multiplier > 0:
+            raise ValueError(
+                f"dp_noise_multiplier must be > 0 (or unset: no noise), got {self.dp_noise_multiplier}"
+            )
+        if not self.dp_clip_norm > 0 or not 0 < self.dp_delta < 1:
+            raise ValueError(
+                f"dp_clip_norm must be > 0 and dp_delta in (0, 1), got {self.dp_clip_norm}, {self.dp_delta}"
+            )
         if self.round_timeout is not None and not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be > 0 seconds (or unset: wait), got {self.round_timeout}")
 
@@ -123,4 +151,6 @@ class FederateConfig:
             "instruction": self.instruction or "",
             "k": self.k,
             "client-backend": self.client_backend,
+            "dp-noise-multiplier": self.dp_noise_multiplier or 0.0,  # 0: no noise (a record holds no None)
+            "dp-clip-norm": self.dp_clip_norm,
         }

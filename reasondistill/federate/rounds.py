@@ -43,6 +43,7 @@ class RoundRecord:
     missing: list[str]  # clients (or `node N`, if never heard of) that did not answer: dropped out, failed
     bytes_received: dict[str, int]  # client -> bytes of its reply's arrays and metadata
     seconds: float
+    privacy: dict | None = None  # with dp_noise_multiplier: each client's epsilon so far (privacy_report)
 
     def save(self, directory: Path) -> None:
         """Write round.json atomically: its presence marks the round's labels complete."""

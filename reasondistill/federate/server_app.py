@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import flwr
@@ -28,6 +30,7 @@ from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.traces import TraceInfo, fingerprint_settings, tokenizer_fingerprint
 from reasondistill.federate.consensus import consensus_records, write_consensus
 from reasondistill.federate.federate_config import FederateConfig
+from reasondistill.federate.privacy import epsilon_spent
 from reasondistill.federate.public_set import PublicExample, load_public_set
 from reasondistill.federate.rounds import (
     CONSENSUS_DIR,
@@ -193,6 +196,28 @@ def publish_consensus(
     return weights
 
 
+def privacy_report(config: FederateConfig, round_number: int, released: set[str]) -> dict | None:
+    """Each client's privacy budget after `round_number`, None without noise. A client spends one Gaussian
+    mechanism (privacy.py) in every round it sent labels in, accepted or rejected alike (both left it):
+    `released` in this round, the aggregated and rejected of the round records before it."""
+    if config.dp_noise_multiplier is None:
+        return None
+    rounds = Counter(released)
+    for earlier in range(1, round_number):
+        record = RoundRecord.load(round_dir(config.output_dir, earlier))
+        rounds.update(set(record.aggregated) | set(record.rejected))
+    z, delta = config.dp_noise_multiplier, config.dp_delta
+    return {
+        "mechanism": "Gaussian on each client's clipped probabilities (ids + tail), client-level",
+        "noise_multiplier": z,
+        "clip_norm": config.dp_clip_norm,
+        "delta": delta,
+        "accountant": f"PLD, dp-accounting {version('dp-accounting')}",
+        "rounds_released": dict(sorted(rounds.items())),
+        "epsilon": {client: epsilon_spent(z, count, delta) for client, count in sorted(rounds.items())},
+    }
+
+
 def label_round(
     grid: Grid, config: FederateConfig, public: PublicSide, round_number: int, names: dict
 ) -> None:
@@ -211,6 +236,7 @@ def label_round(
     for labels in replies.accepted.values():
         save_contribution(directory / CONTRIBUTIONS_DIR, labels)
     weights = publish_consensus(directory / CONSENSUS_DIR, config, public, round_number, replies.accepted)
+    privacy = privacy_report(config, round_number, set(replies.accepted) | set(replies.rejected))
     RoundRecord(
         round=round_number,
         prompt_ids=list(request.prompt_ids),
@@ -219,11 +245,14 @@ def label_round(
         missing=replies.missing,
         bytes_received=replies.bytes_received,
         seconds=round(time.time() - started, 1),
+        privacy=privacy,
     ).save(directory)
+    spent = ", ".join(f"{client} {eps:.3g}" for client, eps in (privacy or {}).get("epsilon", {}).items())
     logger.info(
         f"round {round_number}: consensus of {sorted(weights)} on {len(request.prompt_ids)} prompts"
         + (f"; missing {replies.missing}" if replies.missing else "")
         + (f"; rejected {sorted(replies.rejected)}" if replies.rejected else "")
+        + (f"; epsilon at delta={config.dp_delta}: {spent}" if privacy else "")
     )
 
 

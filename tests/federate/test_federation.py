@@ -20,11 +20,18 @@ import numpy as np
 import pytest
 import yaml
 
-# each client learns only its own level: client-0 one-step sums, client-1 two steps, client-2 three
-CLIENT_LEVELS = (1, 2, 3)
-# 40 steps of the demo's LM loop (about 5 s each with one thread): the three clients' top-k differ
-CLIENT_TRAINING = dict(
-    steps=40, batch_tokens=1024, learning_rate=3e-3, warmup_steps=5, weight_decay=0.01, report_every=40
+# The demo's client builder on a tiny budget: client-0 learns one-step sums only, client-1 two steps,
+# client-2 three; 40 steps each (about 5 s with one thread) make the three clients' top-k differ.
+CLIENTS = dict(
+    client_levels=[1, 2, 3],
+    private_problems=200,
+    steps=40,
+    batch_tokens=1024,
+    learning_rate=3e-3,
+    warmup_steps=5,
+    weight_decay=0.01,
+    eval_problems=0,
+    eval_every=40,
 )
 
 
@@ -42,24 +49,13 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def client_models(tmp_path_factory, demo_tokenizer) -> list[str]:
-    from reasondistill.core.arithmetic_task import generate_problems
-    from reasondistill.demo.factory import build_model
-    from reasondistill.demo.lm_training import LMTrainingSettings, train_causal_lm
-    from reasondistill.demo.teacher import tokenize_example
+    from reasondistill.demo.federated_clients import build_clients
+    from reasondistill.demo.federated_clients_config import FederatedClientsConfig
 
     root = tmp_path_factory.mktemp("federate-clients")
-    directories = []
-    for client, level in enumerate(CLIENT_LEVELS):
-        private = generate_problems("train", 200, [level], seed=100 + client)
-        examples = [tokenize_example(demo_tokenizer, problem) for problem in private]
-        model = build_model("student", demo_tokenizer, seed=client)
-        settings = LMTrainingSettings(**CLIENT_TRAINING, seed=client)
-        train_causal_lm(model, examples, demo_tokenizer.pad_token_id, settings)
-        directory = root / f"client-{client}"
-        model.save_pretrained(directory)
-        demo_tokenizer.save_pretrained(directory)
-        directories.append(str(directory))
-    return directories
+    demo_tokenizer.save_pretrained(root / "teacher")
+    config = FederatedClientsConfig(cache_dir=str(root / "cache"), **CLIENTS)
+    return [str(directory) for directory in build_clients(config, root / "teacher")]
 
 
 @pytest.fixture(scope="module")
@@ -435,3 +431,48 @@ def test_too_few_accepted_clients_stop_the_run_so_that_it_can_resume(
         federate(config, client_app=faulty_client_app(client_models))
     assert not (round_dir(config.output_dir, 1) / ROUND_FILE).exists()
     assert (Path(config.output_dir) / RECIPE_FILE.replace(".yaml", ".partial.yaml")).exists()
+
+
+@pytest.mark.slow
+def test_noised_labels_travel_validate_and_aggregate_with_their_budget(
+    tmp_path, client_models, global_student, train_recipe
+):
+    """With dp_noise_multiplier set, the server receives the clients' labels through the Gaussian mechanism
+    (federate/privacy.py), not what their models say, in the same layout; it accepts and aggregates them
+    and records each client's epsilon: dp_accounting's for the rounds that client sent labels in."""
+    from reasondistill.core.engines import EngineConfig, TransformersEngine
+    from reasondistill.federate.federate import federate
+    from reasondistill.federate.privacy import epsilon_spent
+    from reasondistill.federate.rounds import RoundRecord, round_dir
+    from reasondistill.federate.soft_labels import decode_reply
+
+    config = federate_config(
+        tmp_path / "private", client_models[:2], global_student, train_recipe, dp_noise_multiplier=1.0
+    )
+    replies = []
+    federate(config, server_app=recording_server_app(config, replies))
+    engines = [
+        TransformersEngine(EngineConfig(teacher=m, backend="transformers", logprobs=8))
+        for m in client_models[:2]
+    ]
+    assert len(replies) == 2 * 2
+    for reply in replies:
+        labels = decode_reply(reply.content)  # the soft-label layout, nothing added
+        examples = public_examples(config, labels.round)
+        engine = engines[int(labels.client.removeprefix("client-"))]
+        scored = engine.score(
+            [e.prompt_token_ids for e in examples], [e.completion_token_ids for e in examples]
+        )
+        model_top = np.concatenate([s.topk_ids for s in scored]).reshape(-1, 8)
+        assert labels.topk_ids.shape == model_top.shape
+        # noise of std sqrt(2 N) ~ 20 per coordinate against probabilities <= 1: the model's top-1 is no
+        # longer what decides the top-1 that travels
+        assert np.mean(labels.topk_ids[:, 0] == model_top[:, 0]) < 0.5
+    for round_number in (1, 2):
+        record = RoundRecord.load(round_dir(config.output_dir, round_number))
+        assert sorted(record.aggregated) == ["client-0", "client-1"] and record.rejected == {}
+        budget = epsilon_spent(1.0, round_number, 1e-5)
+        assert record.privacy["rounds_released"] == {"client-0": round_number, "client-1": round_number}
+        assert record.privacy["epsilon"] == {"client-0": budget, "client-1": budget}
+        assert (round_dir(config.output_dir, round_number) / "student" / "train_recipe.yaml").exists()
+    assert epsilon_spent(1.0, 2, 1e-5) > epsilon_spent(1.0, 1, 1e-5)
