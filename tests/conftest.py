@@ -35,6 +35,14 @@ def demo_tokenizer():
     return train_tokenizer((render_conversation(p) for p in problems), vocab_size=512)
 
 
+@pytest.fixture
+def tokenizer_dir(tmp_path, demo_tokenizer):
+    """The demo tokenizer saved as a model directory's tokenizer is (the teacher's, in the demo)."""
+    directory = tmp_path / "teacher"
+    demo_tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, demo_tokenizer):
     """A randomly initialised student-size Qwen2 saved like a hub checkpoint."""

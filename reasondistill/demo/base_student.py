@@ -30,7 +30,6 @@ held-out LM loss (test-split questions) before and after training and marks it r
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -43,8 +42,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.core.arithmetic_task import generate_problems
 from reasondistill.core.logs import setup_logging
-from reasondistill.core.recipe import RecipeError, parse_recipe, split_recipe_argument
 from reasondistill.demo.base_student_config import BaseStudentConfig
+from reasondistill.demo.builder_command import parse_builder_command
 from reasondistill.demo.factory import build_model, count_parameters
 from reasondistill.demo.lm_training import (
     BUILD_INFO_FILE,
@@ -160,31 +159,16 @@ def build_base_student(config: BaseStudentConfig, tokenizer_dir: str | Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m reasondistill.demo.base_student",
-        usage="%(prog)s [RECIPE.yaml] --tokenizer_dir DIR [--key value ...] [-h]",
-        description="Build (or reuse) the demo's pretrained base student: a student-size Qwen2 trained "
+    config, tokenizer_dir = parse_builder_command(
+        argv,
+        "python -m reasondistill.demo.base_student",
+        "Build (or reuse) the demo's pretrained base student: a student-size Qwen2 trained "
         "as a plain language model on the task's questions, with another model's tokenizer.",
-        epilog=f"RECIPE.yaml defaults to {DEFAULT_RECIPE}; --key value flags override its fields.",
-        add_help=False,
+        BaseStudentConfig,
+        DEFAULT_RECIPE,
     )
-    parser.add_argument(
-        "--tokenizer_dir", type=Path, help="a model directory whose tokenizer it uses (the demo teacher's)"
-    )
-    parser.add_argument("-h", "--help", action="store_true", help="list the recipe's fields and exit")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        recipe, overrides = split_recipe_argument(rest)
-        if args.help:
-            parser.print_help()
-            parse_recipe(recipe or DEFAULT_RECIPE, (BaseStudentConfig,), ["--help"])  # prints and exits
-        if args.tokenizer_dir is None:
-            raise RecipeError("--tokenizer_dir is required (the demo teacher's directory)")
-        (config,) = parse_recipe(recipe or DEFAULT_RECIPE, (BaseStudentConfig,), overrides)
-    except RecipeError as error:
-        parser.error(str(error))
     setup_logging()
-    build_base_student(config, args.tokenizer_dir)
+    build_base_student(config, tokenizer_dir)
     return 0
 
 

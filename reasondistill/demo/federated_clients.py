@@ -20,7 +20,6 @@ client order as `--client_models DIR0 DIR1 ...` for `reasondistill federate`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -33,8 +32,8 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from reasondistill.core.arithmetic_task import Problem, generate_problems
 from reasondistill.core.logs import setup_logging
-from reasondistill.core.recipe import RecipeError, parse_recipe, split_recipe_argument
 from reasondistill.demo.base_student import tokenizer_fingerprint
+from reasondistill.demo.builder_command import parse_builder_command
 from reasondistill.demo.factory import build_model, count_parameters
 from reasondistill.demo.federated_clients_config import PRIVATE_SEED_OFFSET, FederatedClientsConfig
 from reasondistill.demo.lm_training import BUILD_INFO_FILE, LMTrainingSettings, train_causal_lm
@@ -129,31 +128,16 @@ def build_clients(config: FederatedClientsConfig, tokenizer_dir: str | Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m reasondistill.demo.federated_clients",
-        usage="%(prog)s [RECIPE.yaml] --tokenizer_dir DIR [--key value ...] [-h]",
-        description="Build (or reuse) the federated demo's client models, each trained on one difficulty "
+    config, tokenizer_dir = parse_builder_command(
+        argv,
+        "python -m reasondistill.demo.federated_clients",
+        "Build (or reuse) the federated demo's client models, each trained on one difficulty "
         "level of the task with another model's tokenizer, and log their directories.",
-        epilog=f"RECIPE.yaml defaults to {DEFAULT_RECIPE}; --key value flags override its fields.",
-        add_help=False,
+        FederatedClientsConfig,
+        DEFAULT_RECIPE,
     )
-    parser.add_argument(
-        "--tokenizer_dir", type=Path, help="a model directory whose tokenizer they use (the demo teacher's)"
-    )
-    parser.add_argument("-h", "--help", action="store_true", help="list the recipe's fields and exit")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        recipe, overrides = split_recipe_argument(rest)
-        if args.help:
-            parser.print_help()
-            parse_recipe(recipe or DEFAULT_RECIPE, (FederatedClientsConfig,), ["--help"])  # prints and exits
-        if args.tokenizer_dir is None:
-            raise RecipeError("--tokenizer_dir is required (the demo teacher's directory)")
-        (config,) = parse_recipe(recipe or DEFAULT_RECIPE, (FederatedClientsConfig,), overrides)
-    except RecipeError as error:
-        parser.error(str(error))
     setup_logging()
-    directories = build_clients(config, args.tokenizer_dir)
+    directories = build_clients(config, tokenizer_dir)
     logger.info("for reasondistill federate: --client_models %s", " ".join(map(str, directories)))
     return 0
 

@@ -41,14 +41,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path, demo_tokenizer):
-    """The demo tokenizer saved as a model directory's tokenizer is (the teacher's, in the demo)."""
-    directory = tmp_path / "teacher"
-    demo_tokenizer.save_pretrained(directory)
-    return directory
-
-
 def test_build_trains_saves_and_is_reused(tmp_path, tokenizer_dir, demo_tokenizer, info_log):
     config = BaseStudentConfig(cache_dir=str(tmp_path / "cache"), **TINY)
     directory = build_base_student(config, tokenizer_dir)

@@ -24,13 +24,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path, demo_tokenizer):
-    directory = tmp_path / "teacher"
-    demo_tokenizer.save_pretrained(directory)
-    return directory
-
-
 def test_each_client_trains_on_its_own_level_only():
     config = FederatedClientsConfig(client_levels=[1, 2, 3], private_problems=300)
     problems = [private_problems(config, client) for client in range(3)]
