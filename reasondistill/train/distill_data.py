@@ -236,6 +236,16 @@ def load_on_policy_prompts(
     return OnPolicyPrompts([student[i] for i in keep], [teacher[i] for i in keep]), len(records) - len(keep)
 
 
+@dataclass(frozen=True)
+class TraceCounts:
+    """What `load_trace_dataset` left out, and how it aligned the top-k for a student of another tokenizer."""
+
+    dropped: dict[str, int]  # records left out, per reason
+    # token-level KD across tokenizers: student tokens per kind of target (`target_<kind>`) and teacher
+    # tokens that spell no text; empty otherwise
+    alignment: dict[str, int]
+
+
 def load_trace_dataset(
     trace_dir: str,
     only_correct: bool,
@@ -245,14 +255,14 @@ def load_trace_dataset(
     retokenize: bool = False,
     teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ):
-    """(dataset of TRAIN_COLUMNS + length, TraceInfo, dropped-row counts) from a complete trace directory.
+    """(dataset of TRAIN_COLUMNS + length, TraceInfo, TraceCounts) from a complete trace directory.
 
     `student_tokenizer` (prompt_chat_template: student) re-renders every prompt with its chat template;
     None keeps the stored teacher prompt ids. A `student_tokenizer` unlike the teacher's is refused unless
     `retokenize` (sequence-level training), which re-tokenizes the completions' text for it with one-hot
     targets (k = 1; records whose text does not survive are dropped as `text_not_in_student_vocab`), or,
     given the traces' `teacher_tokenizer`, with the stored top-k aligned to the student's tokens (k kept;
-    the dropped counts gain `target_<kind>`: student tokens per kind of target).
+    `TraceCounts.alignment` counts student tokens per kind of target).
     Records longer than `max_length` keep their prompt and lose the end of the completion (the collator
     truncates); records whose prompt alone fills `max_length` are dropped and counted.
     """
@@ -276,7 +286,7 @@ def load_trace_dataset(
                 "prompt_chat_template: teacher"
             )
     dataset = load_traces(trace_dir)
-    dropped = {}
+    dropped, alignment = {}, {}
     if only_correct:
         before = len(dataset)
         dataset = dataset.filter(lambda correct: correct, input_columns="correct")
@@ -309,9 +319,8 @@ def load_trace_dataset(
             )
         else:
             before = len(dataset)
-            dataset, kinds = align_dataset(dataset, info, teacher_tokenizer, student_tokenizer)
+            dataset, alignment = align_dataset(dataset, info, teacher_tokenizer, student_tokenizer)
             dropped["teacher_tokens_not_the_text"] = before - len(dataset)
-            dropped |= kinds
         dataset = dataset.remove_columns("completion_token_ids").rename_column(
             "student_ids", "completion_token_ids"
         )
@@ -336,7 +345,7 @@ def load_trace_dataset(
         input_columns=["prompt_token_ids", "completion_token_ids"],
         batched=True,
     )  # for train_sampling_strategy: group_by_length (less padding)
-    return dataset, info, dropped
+    return dataset, info, TraceCounts(dropped, alignment)
 
 
 def align_dataset(

@@ -139,7 +139,7 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
     teacher_tokenizer = (
         cross_tokenizer_teacher(args.traces, info, args) if cross_tokenizer and args.kd_weight > 0 else None
     )
-    train_dataset, info, dropped = load_trace_dataset(
+    train_dataset, info, counts = load_trace_dataset(
         args.traces, args.only_correct, args.max_length, render_with, args.num_traces, True, teacher_tokenizer
     )
     if render_with is None:  # load_trace_dataset checked it when it re-rendered the prompts
@@ -211,10 +211,12 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
         student,
         len(train_dataset),
         info.teacher,
-        dropped,
+        counts.dropped,
         args.prompt_chat_template,
         trainer.accelerator.num_processes,
     )
+    if counts.alignment:
+        logger.info("top-k aligned to the student's tokens: %s", counts.alignment)
     trainer.train(resume_from_checkpoint=claim.resume)
     out = Path(args.output_dir)
     trainer.save_model(str(out))

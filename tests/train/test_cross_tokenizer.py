@@ -119,9 +119,10 @@ def test_student_reads_the_completion_text_in_its_own_tokens(trace_dir, student_
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     with pytest.raises(ValueError, match="re-tokenized for this student with prompt_chat_template: student"):
         load_trace_dataset(str(trace_dir), False, None, tokenizer)
-    dataset, info, dropped = load_trace_dataset(str(trace_dir), False, None, tokenizer, retokenize=True)
+    dataset, info, counts = load_trace_dataset(str(trace_dir), False, None, tokenizer, retokenize=True)
     stored = list(load_traces(trace_dir))
-    assert dropped == {"text_not_in_student_vocab": 0} and len(dataset) == len(stored) == 12
+    assert counts.dropped == {"text_not_in_student_vocab": 0} and counts.alignment == {}
+    assert len(dataset) == len(stored) == 12
     batch = TopKCollator(pad_token_id=tokenizer.pad_token_id, k=1, student_vocab_size=544)(list(dataset))
     changed = 0
     for b, record in enumerate(stored):
@@ -156,8 +157,8 @@ def test_text_a_student_cannot_spell_is_counted_not_trained(trace_dir):
     counts = {c: sum(c in text for text in completions) for c in set("".join(completions))}
     missing = next(c for c, n in sorted(counts.items()) if 0 < n < len(completions) and c != "\n")
     tokenizer = alphabet_tokenizer("".join(sorted(set(counts) - {missing})))
-    dataset, _, dropped = load_trace_dataset(str(trace_dir), False, None, tokenizer, retokenize=True)
-    assert dropped["text_not_in_student_vocab"] == counts[missing]
+    dataset, _, loaded = load_trace_dataset(str(trace_dir), False, None, tokenizer, retokenize=True)
+    assert loaded.dropped["text_not_in_student_vocab"] == counts[missing]
     assert len(dataset) == 12 - counts[missing]
     assert not any(tokenizer.unk_token_id in ids for ids in dataset["completion_token_ids"])
 
@@ -167,13 +168,13 @@ def test_token_level_targets_are_aligned_by_bytes(trace_dir, student_dir, teache
     same span as one teacher token gets the teacher's alternatives that are student tokens; one that
     covers several teacher tokens gets the product of their sampled probabilities."""
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    dataset, info, dropped = load_trace_dataset(
+    dataset, info, counts = load_trace_dataset(
         str(trace_dir), False, None, tokenizer, retokenize=True, teacher_tokenizer=teacher_tokenizer
     )
     stored = list(load_traces(trace_dir))
     spelled = lambda tok, ids: [tok.decode([i]).encode() for i in ids]  # noqa: E731 (ASCII vocabularies)
-    assert dropped["teacher_tokens_not_the_text"] == 0 and len(dataset) == len(stored)
-    kinds = {name: n for name, n in dropped.items() if name.startswith("target_")}
+    assert counts.dropped["teacher_tokens_not_the_text"] == 0 and len(dataset) == len(stored)
+    kinds = {name: n for name, n in counts.alignment.items() if name.startswith("target_")}
     assert sum(kinds.values()) == sum(len(r["completion_token_ids"]) for r in dataset)
     assert kinds["target_exact"] > 0 and kinds["target_merged"] > 0
     batch = TopKCollator(tokenizer.pad_token_id, info.k, len(tokenizer))(list(dataset))

@@ -128,9 +128,9 @@ def test_max_length_drops_by_the_student_prompt(trace_dir, student_dir):
         for n in student
         if 0 < longer(student, n) < len(student) and longer(student, n) != longer(teacher, n)
     )
-    dataset, _, dropped = load_trace_dataset(str(trace_dir), False, limit, tokenizer)
+    dataset, _, counts = load_trace_dataset(str(trace_dir), False, limit, tokenizer)
     drops = longer(student, limit)
-    assert dropped["prompt_too_long"] == drops and len(dataset) == len(student) - drops
+    assert counts.dropped["prompt_too_long"] == drops and len(dataset) == len(student) - drops
 
 
 def test_schema_1_0_traces_load_as_teacher_prompts_and_are_refused_as_student(
