@@ -47,7 +47,7 @@ def one_torch_thread():
 
 @pytest.mark.slow
 def test_build_trains_saves_and_is_reused(
-    tmp_path, tokenizer_dir, demo_tokenizer, info_log, one_torch_thread, capsys
+    tmp_path, tokenizer_dir, demo_tokenizer, info_log, one_torch_thread, monkeypatch
 ):
     config = FederatedClientsConfig(cache_dir=str(tmp_path / "cache"), **TINY)
     directories = build_clients(config, tokenizer_dir)
@@ -74,8 +74,12 @@ def test_build_trains_saves_and_is_reused(
     overrides = []  # --client_levels 1 3 --steps 4 ...
     for name, value in TINY.items():
         overrides += [f"--{name}", *map(str, value if isinstance(value, list) else [value])]
+    info_log.clear()
+    # setup_logging's handler would keep this test's stdout for the rest of the session (and stop the
+    # messages reaching info_log)
+    monkeypatch.setattr("reasondistill.demo.federated_clients.setup_logging", lambda: None)
     assert main(["--tokenizer_dir", str(tokenizer_dir), "--cache_dir", config.cache_dir, *overrides]) == 0
-    assert f"--client_models {directories[0]} {directories[1]}" in capsys.readouterr().out
+    assert any(f"--client_models {directories[0]} {directories[1]}" in m for m in info_log.messages)
     assert [(d / "model.safetensors").stat().st_mtime_ns for d in directories] == weights_mtime
 
     # keyed by what changes a client: its level, its seed, its training, the tokenizer ...
