@@ -208,6 +208,14 @@ def decode_logprobs(codes: np.ndarray) -> np.ndarray:
     return np.where(masked, -np.inf, -cumulative / LOGPROB_SCALE).astype(np.float32)
 
 
+def invalid_logprob_codes(codes: np.ndarray) -> bool:
+    """Whether [T, k] codes break the encoding: a masked rank before an unmasked one, or a cumulative code
+    past MAX_CODE (the floor). Shards are checked with it on read, and federated clients' replies."""
+    masked = codes == NEG_INF_CODE
+    cumulative = np.cumsum(np.where(masked, 0, codes).astype(np.int64), axis=1)
+    return bool((np.diff(masked.astype(np.int8), axis=1) < 0).any() or (cumulative > MAX_CODE).any())
+
+
 def _column(values: list, dtype: pa.DataType) -> pa.Array:
     """A column of trace_schema from per-record values (flat numpy arrays for the list columns)."""
     if not pa.types.is_list(dtype):
@@ -551,11 +559,7 @@ def read_shard(path: str | Path) -> pa.Table:
     ids = np.concatenate([flat["prompt_token_ids"], flat["completion_token_ids"], flat["topk_ids"]])
     if ids.size and (ids.min() < 0 or ids.max() >= info.vocab_size):
         raise TraceFormatError(f"{path}: token ids outside [0, vocab_size={info.vocab_size}); {REDO}")
-    codes = flat["topk_logprob_codes"].reshape(-1, info.k)
-    masked = codes == NEG_INF_CODE
-    if (np.diff(masked.astype(np.int8), axis=1) < 0).any() or (
-        np.cumsum(np.where(masked, 0, codes).astype(np.int64), axis=1) > MAX_CODE
-    ).any():
+    if invalid_logprob_codes(flat["topk_logprob_codes"].reshape(-1, info.k)):
         raise TraceFormatError(f"{path}: field 'topk_logprob_codes' holds invalid codes; {REDO}")
     if not np.isfinite(pc.list_flatten(table["sampled_logprob"]).to_numpy()).all():
         raise TraceFormatError(f"{path}: field 'sampled_logprob' holds NaN or inf; {REDO}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reasondistill.core.traces import MAX_CODE, NEG_INF_CODE, POSITIVE_TOLERANCE
+from reasondistill.core.traces import POSITIVE_TOLERANCE, invalid_logprob_codes
 from reasondistill.federate.soft_labels import SoftLabels
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # names the client's files on the server
@@ -77,10 +77,7 @@ def check_reply(labels: SoftLabels, request: RoundRequest) -> None:
         )
     if (np.diff(np.sort(ids, axis=1), axis=1) == 0).any():
         raise RejectedReply("a token's top-k ids repeat an id")
-    codes = labels.topk_logprob_codes
-    masked = codes == NEG_INF_CODE
-    cumulative = np.cumsum(np.where(masked, 0, codes).astype(np.int64), axis=1)
-    if (np.diff(masked.astype(np.int8), axis=1) < 0).any() or (cumulative > MAX_CODE).any():
+    if invalid_logprob_codes(labels.topk_logprob_codes):
         raise RejectedReply("invalid logprob codes (a masked rank before an unmasked one, or past the floor)")
     sampled = labels.sampled_logprob
     if not np.isfinite(sampled).all() or (sampled > POSITIVE_TOLERANCE).any():

@@ -158,8 +158,8 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
             )
     on_policy_prompts = None
     if args.lmbda > 0:  # the trainer loads the teacher for on-policy scoring (reasondistill.train.on_policy)
-        teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model)
-        check_tokenizer(info, teacher_tokenizer, args.teacher_model)
+        scoring_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model)
+        check_tokenizer(info, scoring_tokenizer, args.teacher_model)
         if args.on_policy_prompts:
             on_policy_prompts, too_long = load_on_policy_prompts(
                 args.on_policy_prompts,
@@ -167,7 +167,7 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
                 args.on_policy_num_prompts,
                 args.on_policy_question_field,
                 info,
-                teacher_tokenizer,
+                scoring_tokenizer,
                 render_with,
                 args.max_length,
             )
