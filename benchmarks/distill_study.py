@@ -23,14 +23,14 @@ Studies:
   SFT followed by `--more-sft-steps` more SFT steps (set it to what the on-policy steps cost in wall
   time); the `*-new-prompts` arms sample after `--on-policy-prompts` questions of the task's training
   split instead of the traces' prompts (on-policy needs questions, not verified traces).
-- tokenizers: SFT and KD students of the teacher's tokenizer against an SFT student of another
+- tokenizers: SFT and KD students of the teacher's tokenizer against SFT and KD students of another
   tokenizer (demo.teacher.digit_runs_tokenizer: numbers in runs of up to 3 digits, another vocabulary
-  size) trained on the traces' text re-tokenized (kd_weight 0, prompt_chat_template student), all from
-  random starts of the same shape (issue #16).
+  size) trained on the traces' text re-tokenized (prompt_chat_template student; KD with the stored top-k
+  aligned to the student's tokens by bytes), all from random starts of the same shape (issue #16).
 - data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`; also plots exact
   match against n (data_efficiency.png).
 
-`--start` (targets, on_policy) and `--num-traces` (every study but data, which sets its own) change
+`--start` (targets, on_policy, data) and `--num-traces` (every study but data, which sets its own) change
 the setting for every arm; students of another trace count live in OUTPUT_DIR/students-<n>traces.
 
 Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the table, and the command).
@@ -113,14 +113,24 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
             )
         ]
     if study == "tokenizers":
-        own = {**SFT, "prompt_chat_template": "student", STUDENT_TOKENIZER: "digit-runs"}
-        return [("random", {"sft": SFT, "kd": KD, "sft-digit-runs-tokenizer": own})]
+        own = {"prompt_chat_template": "student", STUDENT_TOKENIZER: "digit-runs"}
+        return [
+            (
+                "random",
+                {
+                    "sft": SFT,
+                    "kd": KD,
+                    "sft-digit-runs-tokenizer": {**SFT, **own},
+                    "kd-digit-runs-tokenizer": {**KD, **own},  # the top-k aligned by bytes (train.md)
+                },
+            )
+        ]
     if study == "data":
         methods = {}
         for count in args.trace_counts:
             methods[f"sft-{count}"] = {**SFT, "num_traces": count}
             methods[f"kd-{count}"] = {**KD, "num_traces": count}
-        return [("random", methods)]
+        return [(args.start, methods)]
     raise ValueError(f"unknown study {study!r}")
 
 
