@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         args.traces, train_args.only_correct, train_args.max_length, num_traces=args.num_traces
     )
     trained = sorted({index_of[tuple(ids)] for ids in subset["prompt_token_ids"]})
-    # the teacher's verified answers per question, all samples of it (what the student may have memorised)
-    traces = load_traces(args.traces).filter(lambda correct: correct, input_columns="correct")
+    # the teacher's answers per question the recipe trains on, every sample (what a student may memorise)
+    traces = load_traces(args.traces)
+    if train_args.only_correct:
+        traces = traces.filter(lambda correct: correct, input_columns="correct")
     answers: dict[str, set[str]] = {}
     for question, completion in zip(traces["question"], traces["completion"], strict=True):
         answers.setdefault(question, set()).add(completion.strip())
