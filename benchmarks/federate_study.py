@@ -1,0 +1,400 @@
+"""Federated distillation measured (issue #17): the global student per round against each client alone,
+a student distilled on the union of the clients' data (upper bound) and one on the public set alone.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/federate_study.py --tokenizer-dir TEACHER_DIR \
+        [--federate-recipe recipes/demo/federated.yaml] \
+        [--clients-recipe recipes/demo/federated_clients.yaml] \
+        [--train-recipe RECIPE] [--seeds 0 1] [--num-rounds N] [--prompts-per-round N] \
+        [--test-problems 100] [--output-dir outputs/federate_study]
+
+Arms (every student arm starts, for a seed, from the same fresh student-size model initialised with that
+seed, and trains round by round with the same train recipe, its seed set to the seed: the same budget):
+- clients: the demo clients (`demo.federated_clients`, built or reused from --clients-recipe), each trained
+  on one difficulty level only; each alone, the same models for every seed.
+- federated: `reasondistill federate` (Flower's simulation) with --federate-recipe; the global student after
+  every round. Bytes: what the server received, from its round records (`round.json` bytes_received).
+- union (upper bound): each round, as many problems as the federation's round names, drawn in equal shares
+  from the clients' private training problems (client i's next ones), each labelled with the top-k of the
+  client that owns it (the clients' own scoring code, `client_app.soft_labels_for`, with no noise), written
+  as a trace dataset by the federation's writer, and distilled with the same recipe. Why this and not
+  "the clients' soft labels on the public set, pooled without aggregation": with forward KL that is the same
+  objective as their equal-weight average (sum_c KL(p_c || q) = C * CE(mean_c p_c, q) - const), so it
+  would bound nothing; the union of the data is the private problems, and the best use of them a central
+  trainer has here is each labelled by the model trained on it (a teacher trained on all of them would be
+  another model, not built here). It also knows which client is expert on which example, which the
+  aggregation cannot. Its bytes: what pooling would move (those labels in the reply encoding plus the
+  problems' text).
+- public-ce (control, no client): CE only (kd_weight 0) on the federation's consensus datasets, i.e. on
+  the public set's completions. The demo's public completions are the task's worked solutions, so CE on
+  them already teaches the task; this row shows what the clients' soft labels add beyond them.
+- Not done: FedAvg of LoRA adapters on Flower (issue #17's usual baseline; federate distils full students,
+  and no FedAvg path is built).
+
+Scored by greedy exact match on --test-problems test problems of each client level (test split, seed 1:
+no training problem of any arm is among them, the split is a hash of the arithmetic content). The table
+gives mean ± sd over seeds with a 95% interval over seeds and problems, per level, bytes, and the final
+global student minus the best single client, the union and the public-ce control, paired by seed and
+problem (`seed_problem_bootstrap`). Finished federations, pooled data, students and their scores are
+reused on a rerun, so seeds can run as separate processes side by side (each `--seeds S`, the same
+OUTPUT_DIR) and one more call with every seed writes the table.
+
+Writes OUTPUT_DIR/federate.md (the command and the table), federate.json (every model's per-problem
+results, the problems' levels, bytes per round) and federate_accuracy.png (accuracy per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from reasondistill.core.arithmetic_task import Problem, generate_problems
+from reasondistill.core.logs import setup_logging
+from reasondistill.core.markdown_table import markdown_table
+from reasondistill.core.recipe import locate_recipe, parse_recipe
+from reasondistill.core.results_writer import write_results
+from reasondistill.demo.factory import save_initial_model
+from reasondistill.demo.federated_clients import build_clients, private_problems
+from reasondistill.demo.federated_clients_config import PRIVATE_SEED_OFFSET, FederatedClientsConfig
+from reasondistill.demo.scoring import problem_scores
+from reasondistill.demo.students import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from reasondistill.evaluate.metrics import seed_problem_bootstrap
+from reasondistill.federate.client_app import soft_labels_for
+from reasondistill.federate.consensus import consensus_records, write_consensus
+from reasondistill.federate.federate import federate
+from reasondistill.federate.federate_config import FederateConfig
+from reasondistill.federate.public_set import load_public_set
+from reasondistill.federate.rounds import CONSENSUS_DIR, STUDENT_DIR, RoundRecord, round_dir
+from reasondistill.federate.server_app import PublicSide, consensus_info, distil_round
+from reasondistill.federate.soft_labels import REQUEST, request_content
+
+logger = logging.getLogger("reasondistill.benchmarks.federate_study")
+
+STUDY = "federate"
+TEST_SEED = 1  # the demo students' test problems' seed
+FEDERATED, UNION, PUBLIC_CE = "federated", "union", "public-ce"
+POOLED_DIR = "pooled"  # a union round's trace dataset
+
+
+@dataclass
+class Measured:
+    """One model's greedy exact match on every test problem, in the order of the study's problems."""
+
+    arm: str  # client-i, federated, union or public-ce
+    round: int  # the round whose student it is; 0 for a client
+    seed: int | None  # None: a client, the same model for every seed
+    directory: str
+    correct: list[float]
+
+
+def train_recipe_for(source: str, out: Path, seed: int, **fields: float) -> str:
+    """`source` (a train recipe) with `seed` and `fields` set, written under `out`; returns its path."""
+    settings = yaml.safe_load(locate_recipe(source).read_text()) | {"seed": seed, **fields}
+    name = "-".join(["train", f"seed{seed}", *(f"{key}{value}" for key, value in fields.items())])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return str(path)
+
+
+def round_bytes(config: FederateConfig) -> list[int]:
+    """Bytes the server received from all clients in each round, as its round records say."""
+    return [
+        sum(RoundRecord.load(round_dir(config.output_dir, r)).bytes_received.values())
+        for r in range(1, config.num_rounds + 1)
+    ]
+
+
+def pool_private_data(
+    config: FederateConfig, clients: FederatedClientsConfig, client_dirs: list[Path], out: Path
+) -> tuple[list[Path], list[int]]:
+    """The union arm's data: per round a trace dataset of prompts_per_round private problems in equal shares
+    of the clients, each labelled by its owner's model; returns the datasets and the bytes pooling moves."""
+    tokenizer = AutoTokenizer.from_pretrained(config.student)
+    count = len(client_dirs)
+    shares = [
+        config.prompts_per_round // count + (i < config.prompts_per_round % count) for i in range(count)
+    ]
+    datasets, sent = [], [0] * config.num_rounds
+    records_by_round: list[list[dict]] = [[] for _ in range(config.num_rounds)]
+    for client, (model_dir, share) in enumerate(zip(client_dirs, shares, strict=True)):
+        name, total = f"client-{client}", share * config.num_rounds
+        # the settings under which the public-set loader draws this client's private problems
+        settings = config.recipe_settings() | {
+            "public-task-levels": [clients.client_levels[client]],
+            "public-seed": PRIVATE_SEED_OFFSET + clients.seed + client,
+            "public-num-prompts": total,
+            "dp-noise-multiplier": 0.0,  # pooled data is the non-private bound
+        }
+        examples = list(load_public_set(settings, tokenizer).values())
+        owned = [p.id for p in private_problems(clients, client)[:total]]
+        if [e.prompt_id for e in examples] != owned:  # guards the bound: it must be the clients' own data
+            raise RuntimeError(f"{name}: the pooled problems are not its private training problems")
+        for r in range(config.num_rounds):
+            chosen = examples[r * share : (r + 1) * share]
+            request = request_content(r + 1, [e.prompt_id for e in chosen], settings)[REQUEST]
+            labels = soft_labels_for(request, str(model_dir), name)
+            records = consensus_records(chosen, {name: labels}, {name: 1.0}, config.k, tokenizer)
+            text = sum(len(x["prompt"].encode()) + len(x["completion"].encode()) for x in records)
+            sent[r] += sum(record.count_bytes() for record in labels.to_content().values()) + text
+            records_by_round[r] += records
+    public = PublicSide({}, tokenizer, AutoConfig.from_pretrained(config.student).vocab_size)
+    for r, records in enumerate(records_by_round, start=1):
+        directory = round_dir(out, r) / POOLED_DIR
+        if not (directory / "README.md").exists():  # the card is written last: the dataset is complete
+            weights = {f"client-{i}": 1.0 for i in range(count)}
+            info = dataclasses.replace(
+                consensus_info(config, public, r, weights),
+                teacher=f"each example's owner among {', '.join(weights)} (union arm, round {r})",
+            )
+            write_consensus(directory, records, info, tokenizer, count)
+        datasets.append(directory)
+    return datasets, sent
+
+
+def distil_rounds(config: FederateConfig, datasets: list[Path]) -> Path:
+    """The student of `config` distilled round by round on `datasets` from config.student; the last one."""
+    student = config.student
+    for r, dataset in enumerate(datasets, start=1):
+        student = distil_round(config, r, dataset, student)
+    return Path(student)
+
+
+def exact_match(
+    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
+) -> list[float]:
+    """Greedy exact match per problem, kept in `cache` (a file per model, keyed by its weights file and the
+    problems) so that a rerun, or another seed's run beside this one, scores each model once."""
+    weights = directory / "model.safetensors"
+    key = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, [p.id for p in problems]])
+    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    correct, _ = problem_scores(AutoModelForCausalLM.from_pretrained(directory), tokenizer, problems)
+    cache.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(f".{os.getpid()}.tmp")
+    temp.write_text(json.dumps(correct))
+    os.replace(temp, path)  # whole or absent: two runs may score side by side
+    return correct
+
+
+def cell(scores: np.ndarray, interval: bool = True) -> str:
+    """'mean ± sd over seeds [95% CI over seeds and problems]' of per-problem scores [seeds, problems]."""
+    per_seed = scores.mean(axis=1)
+    sd = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+    text = f"{per_seed.mean():.1%} ± {sd:.1%}"
+    if interval:
+        _, low, high = seed_problem_bootstrap(scores, BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
+        text += f" [{low:.1%}, {high:.1%}]"
+    return text
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> str:
+    """Paired difference a - b of per-problem scores [seeds, problems]: mean and 95% interval, points."""
+    mean, low, high = seed_problem_bootstrap(a - b, BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
+    return f"{100 * mean:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def scores_of(measured: list[Measured], arm: str, round_number: int, seeds: list[int]) -> np.ndarray:
+    """[seeds, problems] of one model; a client's single run repeated for every seed (for pairing)."""
+    runs = {m.seed: m.correct for m in measured if m.arm == arm and m.round == round_number}
+    return np.array([runs[None] if None in runs else runs[s] for s in seeds])
+
+
+def summary_table(
+    measured: list[Measured],
+    problem_levels: np.ndarray,
+    seeds: list[int],
+    rounds: int,
+    sent: dict[str, list[float]],
+) -> str:
+    """Each model's exact match overall and per level and the bytes it cost (per round: the last round's),
+    then the final global student minus the best client, the union and the public-ce control, paired by
+    seed and problem."""
+    levels = sorted(set(problem_levels.tolist()))
+    header = ["model", "seeds", "exact match ± sd [95% CI]", *(f"level {lv}" for lv in levels)]
+    header += ["bytes sent, round", "bytes sent, total"]
+
+    def row(name: str, scores: np.ndarray, per_round: str, total: str) -> list[object]:
+        by_level = [cell(scores[:, problem_levels == lv], interval=False) for lv in levels]
+        return [name, len(scores), cell(scores), *by_level, per_round, total]
+
+    def paired(name: str, a: np.ndarray, b: np.ndarray) -> list[object]:
+        by_level = [difference(a[:, problem_levels == lv], b[:, problem_levels == lv]) for lv in levels]
+        return [f"{name} (paired)", len(a), difference(a, b), *by_level, "-", "-"]
+
+    clients = sorted({m.arm for m in measured if m.seed is None})
+    rows = []
+    for client in clients:  # a client alone sends nothing
+        rows.append(row(f"{client} alone", scores_of(measured, client, 0, seeds[:1]), "0", "0"))
+    for r in range(1, rounds + 1):
+        bytes_so_far = f"{sum(sent[FEDERATED][:r]):,.0f}"
+        rows.append(
+            row(
+                f"federated, round {r}",
+                scores_of(measured, FEDERATED, r, seeds),
+                f"{sent[FEDERATED][r - 1]:,.0f}",
+                bytes_so_far,
+            )
+        )
+    union = scores_of(measured, UNION, rounds, seeds)
+    rows.append(
+        row(
+            f"union of the clients' data, round {rounds}",
+            union,
+            f"{sent[UNION][-1]:,.0f}",
+            f"{sum(sent[UNION]):,.0f}",
+        )
+    )
+    public_ce = scores_of(measured, PUBLIC_CE, rounds, seeds)
+    rows.append(row(f"public-ce (no client), round {rounds}", public_ce, "0", "0"))
+    best = max(clients, key=lambda c: float(scores_of(measured, c, 0, seeds[:1]).mean()))
+    final = scores_of(measured, FEDERATED, rounds, seeds)
+    rows.append(paired(f"federated − best client ({best})", final, scores_of(measured, best, 0, seeds)))
+    rows.append(paired("federated − union", final, union))
+    rows.append(paired("federated − public-ce", final, public_ce))
+    return markdown_table(header, rows, numeric=range(1, len(header)))
+
+
+def plot_rounds(measured: list[Measured], seeds: list[int], rounds: int, path: Path) -> None:
+    """The global student's exact match per round (mean, 95% interval over seeds and problems) beside the
+    final union and public-ce students and each client alone (flat lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4))
+    x = list(range(1, rounds + 1))
+    points = [
+        seed_problem_bootstrap(scores_of(measured, FEDERATED, r, seeds), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
+        for r in x
+    ]
+    means, lows, highs = (100 * np.array(column) for column in zip(*points, strict=True))
+    axes.plot(x, means, marker="o", label="federated global student")
+    axes.fill_between(x, lows, highs, alpha=0.2)
+    references = [(UNION, rounds, "--", "C1", "union of the clients' data (final)")]
+    references.append((PUBLIC_CE, rounds, ":", "C2", "public-ce, no client (final)"))
+    clients = sorted({m.arm for m in measured if m.seed is None})
+    references += [(arm, 0, "-.", "grey", f"{arm} alone") for arm in clients]
+    for arm, r, style, color, label in references:
+        level = 100 * scores_of(measured, arm, r, seeds).mean()
+        axes.axhline(level, linestyle=style, color=color, linewidth=1, label=label)
+    axes.set_xticks(x)
+    axes.set_xlabel("round")
+    axes.set_ylabel("exact match on every level, % (95% CI)")
+    axes.set_title("Federated distillation: accuracy per round")
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside: lines span the plot
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokenizer-dir", required=True, help="the demo teacher's directory (its tokenizer)")
+    parser.add_argument("--federate-recipe", default="recipes/demo/federated.yaml")
+    parser.add_argument("--clients-recipe", default="recipes/demo/federated_clients.yaml")
+    parser.add_argument("--train-recipe", help="every arm's train recipe; default: the federate recipe's")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--num-rounds", type=int, help="default: the federate recipe's")
+    parser.add_argument("--prompts-per-round", type=int, help="default: the federate recipe's")
+    parser.add_argument("--test-problems", type=int, default=100, help="test problems per client level")
+    parser.add_argument("--output-dir", default="outputs/federate_study")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("info")
+    out = Path(args.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+    (clients,) = parse_recipe(args.clients_recipe, (FederatedClientsConfig,))
+    client_dirs = build_clients(clients, args.tokenizer_dir)
+    overrides = ["--client_models", *map(str, client_dirs)]
+    for flag, value in (("--num_rounds", args.num_rounds), ("--prompts_per_round", args.prompts_per_round)):
+        overrides += [flag, str(value)] if value is not None else []
+    (recipe,) = parse_recipe(args.federate_recipe, (FederateConfig,), overrides)
+    train_recipe, rounds = args.train_recipe or recipe.train_recipe, recipe.num_rounds
+    levels = sorted(set(clients.client_levels))
+    problems = [p for lv in levels for p in generate_problems("test", args.test_problems, [lv], TEST_SEED)]
+    scored = out / "scores"
+
+    measured = [
+        Measured(f"client-{i}", 0, None, str(d), exact_match(d, tokenizer, problems, scored))
+        for i, d in enumerate(client_dirs)
+    ]
+    union_data: list[Path] | None = None
+    union_bytes: list[int] = []
+    federated_bytes: dict[int, list[int]] = {}  # seed -> bytes the server received per round
+    for seed in args.seeds:
+        init = out / f"init-student-seed{seed}"
+        save_initial_model("student", tokenizer, init, seed)
+        recipes = out / "recipes"
+        federated = dataclasses.replace(
+            recipe,
+            output_dir=str(out / f"{FEDERATED}-seed{seed}"),
+            student=str(init),
+            train_recipe=train_recipe_for(train_recipe, recipes, seed),
+            seed=seed,
+        )
+        federate(federated)
+        federated_bytes[seed] = round_bytes(federated)
+        if union_data is None:  # the clients' labels do not depend on the seed: pooled once
+            union_data, union_bytes = pool_private_data(federated, clients, client_dirs, out / "union-data")
+        union = dataclasses.replace(federated, output_dir=str(out / f"{UNION}-seed{seed}"))
+        public_ce = dataclasses.replace(
+            federated,
+            output_dir=str(out / f"{PUBLIC_CE}-seed{seed}"),
+            train_recipe=train_recipe_for(train_recipe, recipes, seed, kd_weight=0.0),
+        )
+        consensus = [round_dir(federated.output_dir, r) / CONSENSUS_DIR for r in range(1, rounds + 1)]
+        finals = {
+            UNION: distil_rounds(union, union_data),
+            PUBLIC_CE: distil_rounds(public_ce, consensus),
+        }
+        for r in range(1, rounds + 1):
+            student = round_dir(federated.output_dir, r) / STUDENT_DIR
+            measured.append(
+                Measured(FEDERATED, r, seed, str(student), exact_match(student, tokenizer, problems, scored))
+            )
+        for arm, student in finals.items():
+            measured.append(
+                Measured(arm, rounds, seed, str(student), exact_match(student, tokenizer, problems, scored))
+            )
+        logger.info("seed %d measured", seed)
+
+    problem_levels = np.array([p.level for p in problems])
+    sent = {FEDERATED: list(np.mean(list(federated_bytes.values()), axis=0)), UNION: union_bytes}
+    table = summary_table(measured, problem_levels, args.seeds, rounds, sent)
+    command = shlex.join(
+        [".venv/bin/python", "benchmarks/federate_study.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    text = f"Command: `{command}`\n\n{table}"
+    data = {
+        "problems": [{"id": p.id, "level": p.level} for p in problems],
+        "bytes_per_round": {FEDERATED: federated_bytes, UNION: union_bytes},
+        "models": [dataclasses.asdict(m) for m in measured],
+    }
+    write_results(out, STUDY, data, text)
+    plot_rounds(measured, args.seeds, rounds, out / f"{STUDY}_accuracy.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
