@@ -69,7 +69,7 @@ from reasondistill.demo.factory import save_initial_model
 from reasondistill.demo.federated_clients import build_clients, private_problems
 from reasondistill.demo.federated_clients_config import PRIVATE_SEED_OFFSET, FederatedClientsConfig
 from reasondistill.demo.scoring import problem_scores
-from reasondistill.demo.students import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from reasondistill.demo.students import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_difference
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.federate.client_app import soft_labels_for
 from reasondistill.federate.consensus import consensus_records, write_consensus
@@ -201,12 +201,6 @@ def cell(scores: np.ndarray, interval: bool = True) -> str:
     return text
 
 
-def difference(a: np.ndarray, b: np.ndarray) -> str:
-    """Paired difference a - b of per-problem scores [seeds, problems]: mean and 95% interval, points."""
-    mean, low, high = seed_problem_bootstrap(a - b, BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
-    return f"{100 * mean:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
-
-
 def scores_of(measured: list[Measured], arm: str, round_number: int, seeds: list[int]) -> np.ndarray:
     """[seeds, problems] of one model; a client's single run repeated for every seed (for pairing)."""
     runs = {m.seed: m.correct for m in measured if m.arm == arm and m.round == round_number}
@@ -232,8 +226,10 @@ def summary_table(
         return [name, len(scores), cell(scores), *by_level, per_round, total]
 
     def paired(name: str, a: np.ndarray, b: np.ndarray) -> list[object]:
-        by_level = [difference(a[:, problem_levels == lv], b[:, problem_levels == lv]) for lv in levels]
-        return [f"{name} (paired)", len(a), difference(a, b), *by_level, "-", "-"]
+        by_level = [
+            paired_difference(a[:, problem_levels == lv], b[:, problem_levels == lv]) for lv in levels
+        ]
+        return [f"{name} (paired)", len(a), paired_difference(a, b), *by_level, "-", "-"]
 
     clients = sorted({m.arm for m in measured if m.seed is None})
     rows = []

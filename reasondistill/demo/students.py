@@ -174,6 +174,13 @@ def best_student(results: list[StudentResult]) -> StudentResult:
     return max(runs, key=lambda r: r.accuracy)
 
 
+def paired_difference(a: list[list[float]] | np.ndarray, b: list[list[float]] | np.ndarray) -> str:
+    """Paired difference a - b of per-problem scores [seeds, problems]: mean and 95% interval over seeds and
+    problems (`seed_problem_bootstrap`), in points."""
+    mean, low, high = seed_problem_bootstrap(np.array(a) - np.array(b), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
+    return f"{100 * mean:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher_steps: float) -> str:
     """Markdown table: per method the mean ± sd over seeds of every measure, with a 95% interval over
     seeds and problems for the per-problem ones, and the mean compute per student (training seconds on
@@ -191,12 +198,6 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
     def interval(scores: list[list[float]]) -> str:
         _, low, high = seed_problem_bootstrap(np.array(scores), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
         return f" [{low:.1%}, {high:.1%}]"
-
-    def difference(a: list[list[float]], b: list[list[float]]) -> str:
-        mean, low, high = seed_problem_bootstrap(
-            np.array(a) - np.array(b), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES
-        )
-        return f"{100 * mean:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
 
     def mean_compute(runs: list[StudentResult], key: str) -> str:
         value = statistics.fmean(r.compute[key] for r in runs)
@@ -230,8 +231,10 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
             [
                 f"{method} − {baseline} (paired)",
                 len(pairs),
-                difference([r.problem_correct for r, _ in pairs], [b.problem_correct for _, b in pairs]),
-                difference([r.problem_steps for r, _ in pairs], [b.problem_steps for _, b in pairs]),
+                paired_difference(
+                    [r.problem_correct for r, _ in pairs], [b.problem_correct for _, b in pairs]
+                ),
+                paired_difference([r.problem_steps for r, _ in pairs], [b.problem_steps for _, b in pairs]),
                 "-",
                 "-",
                 *dashes,
