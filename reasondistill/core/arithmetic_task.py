@@ -13,6 +13,13 @@ in minutes where it cannot learn "47+38=85" in one jump:
 
 Splits are disjoint by construction: a problem's arithmetic content (start value, operations,
 operands) is hashed and the hash alone decides its split, whatever the seed or the wording.
+
+Solution styles: "fixed" writes one solution per problem, so a teacher trained on it is nearly
+certain of every token; "varied" writes each addition in either order (38+47 or 47+38), ends each
+step with one of several words and closes with one of several sentences, chosen by the problem's
+content hash, so valid solutions differ and a teacher trained on them spreads its probability at those
+branch points (the less certain teacher of docs/benchmarks.md). Questions, ids, splits and answers do
+not depend on the style.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import random
 from dataclasses import asdict, dataclass
 
 SPLITS = ("train", "test")
+SOLUTION_STYLES = ("fixed", "varied")
 TEST_SHARE_PERCENT = 20  # share of the arithmetic-content space reserved for the test split
 
 
@@ -96,6 +104,13 @@ MUL_PHRASES = {
     5: "Then {pron} ends up with 5 times as many {obj}.",
 }
 COLUMN_NAMES = ["ones", "tens", "hundreds", "thousands"]
+# The "varied" style's alternatives; the first of each is the "fixed" style's wording.
+STEP_CONCLUSIONS = ["so", "thus", "hence"]
+CLOSING_SENTENCES = [
+    "{name} has {value} {obj}.",
+    "Now {name} has {value} {obj}.",
+    "{Pron} has {value} {obj} in the end.",
+]
 
 
 def _digits(n: int, width: int) -> list[int]:
@@ -188,11 +203,16 @@ def split_of(start: int, ops: list[tuple[str, int]]) -> str:
     return "test" if bucket < TEST_SHARE_PERCENT else "train"
 
 
-def render_problem(rng: random.Random, level_id: int, start: int, ops: list[tuple[str, int]]) -> Problem:
-    """Wrap the arithmetic in a story and write the worked solution."""
+def render_problem(
+    rng: random.Random, level_id: int, start: int, ops: list[tuple[str, int]], style: str = "fixed"
+) -> Problem:
+    """Wrap the arithmetic in a story and write the worked solution in `style` (SOLUTION_STYLES)."""
     name, pron, obj_pron = rng.choice(NAMES)
     friend = rng.choice([n for n, _, _ in NAMES if n != name])
     obj = rng.choice(OBJECTS)
+    content_key = f"{start}" + "".join(f"{op}{n}" for op, n in ops)
+    # Its own generator: the story's draws, and so the questions of a seed, stay those of "fixed".
+    variation = random.Random(content_key) if style == "varied" else None
     sentences = [f"{name} has {start} {obj}."]
     reasoning: list[str] = []
     value = start
@@ -207,28 +227,40 @@ def render_problem(rng: random.Random, level_id: int, start: int, ops: list[tupl
             "friend": friend,
         }
         sentences.append(template.format(**fields))
-        reasoning.append(f"Step {i}: {value}{op}{n}")
-        reasoning.extend(column_steps(value, op, n))
+        left, right = value, n
+        if variation and op == "+" and variation.random() < 0.5:
+            left, right = n, value
+        lines = column_steps(left, op, right)
+        if variation:
+            lines[-1] = variation.choice(STEP_CONCLUSIONS) + lines[-1].removeprefix("so")
+        reasoning.append(f"Step {i}: {left}{op}{right}")
+        reasoning.extend(lines)
         value = _apply(value, op, n)
     sentences.append(f"How many {obj} does {name} have now?")
-    content_key = f"{start}" + "".join(f"{op}{n}" for op, n in ops)
+    closing = variation.choice(CLOSING_SENTENCES) if variation else CLOSING_SENTENCES[0]
+    closing = closing.format(name=name, Pron=pron.capitalize(), value=value, obj=obj)
     return Problem(
         id=f"L{level_id}-{content_key}",
         level=level_id,
         question=" ".join(sentences),
         reasoning="\n".join(reasoning),
-        solution=f"{name} has {value} {obj}. The answer is \\boxed{{{value}}}.",
+        solution=f"{closing} The answer is \\boxed{{{value}}}.",
         answer=value,
     )
 
 
-def generate_problems(split: str, count: int, levels: list[int], seed: int) -> list[Problem]:
-    """`count` distinct problems of `split`, levels drawn round-robin, reproducible from `seed`.
+def generate_problems(
+    split: str, count: int, levels: list[int], seed: int, style: str = "fixed"
+) -> list[Problem]:
+    """`count` distinct problems of `split`, levels drawn round-robin, reproducible from `seed`,
+    solutions written in `style`.
 
     Problems are unique by arithmetic content within the returned list.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if style not in SOLUTION_STYLES:
+        raise ValueError(f"unknown solution style {style!r}; choose one of {SOLUTION_STYLES}")
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels:
         raise ValueError(f"unknown difficulty levels {unknown or levels}; choose from {sorted(LEVELS)}")
@@ -239,7 +271,7 @@ def generate_problems(split: str, count: int, levels: list[int], seed: int) -> l
     while len(problems) < count:
         level_id = levels[len(problems) % len(levels)]
         start, ops = _sample_operations(rng, LEVELS[level_id])
-        problem = render_problem(rng, level_id, start, ops) if split_of(start, ops) == split else None
+        problem = render_problem(rng, level_id, start, ops, style) if split_of(start, ops) == split else None
         if problem is None or problem.id in seen:
             misses += 1
             if misses > 20000:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -19,14 +20,18 @@ import jinja2
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from reasondistill.core.arithmetic_task import Problem, generate_problems
+from reasondistill.core.arithmetic_task import Problem
+from reasondistill.core.logs import setup_logging
+from reasondistill.core.recipe import RecipeError, parse_recipe, split_recipe_argument
 from reasondistill.demo.factory import build_model, count_parameters
 from reasondistill.demo.lm_training import BUILD_INFO_FILE, LMTrainingSettings, train_causal_lm
 from reasondistill.demo.scoring import task_scores
 from reasondistill.demo.teacher_config import TeacherConfig
 from reasondistill.demo.tokenizer import CHAT_TEMPLATE, LLAMA3_SPLIT_PATTERN, train_tokenizer
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("reasondistill.demo.teacher")  # not __name__: it also runs as __main__
+
+DEFAULT_RECIPE = "recipes/demo/teacher.yaml"
 
 CHAT_TEMPLATE_RENDERER = jinja2.Template(CHAT_TEMPLATE)
 TOKENIZER_PROBLEMS = 5000  # the first training problems, rendered, are the tokenizer's corpus
@@ -75,8 +80,8 @@ def train_teacher(config: TeacherConfig) -> Path:
     torch.manual_seed(config.seed)
     started = time.time()
 
-    train = generate_problems("train", config.train_problems, config.levels, config.seed)
-    test = generate_problems("test", config.eval_problems, config.levels, config.seed)
+    train = config.problems("train", config.train_problems)
+    test = config.problems("test", config.eval_problems)
     tokenizer = train_tokenizer(tokenizer_corpus(train), config.vocab_size)
     examples = [tokenize_example(tokenizer, p) for p in train]
     model = build_model(config.size, tokenizer, seed=config.seed)
@@ -129,5 +134,22 @@ def digit_runs_tokenizer(teacher_dir: Path) -> PreTrainedTokenizerBase:
     teacher's tokenizer corpus with Llama 3's pre-tokenizer (numbers in runs of up to three digits, so
     "35" can be one token) and DIGIT_RUNS_VOCAB entries; same chat template and special tokens."""
     config = TeacherConfig(**json.loads((teacher_dir / BUILD_INFO_FILE).read_text())["config"])
-    train = generate_problems("train", config.train_problems, config.levels, config.seed)
+    train = config.problems("train", config.train_problems)
     return train_tokenizer(tokenizer_corpus(train), DIGIT_RUNS_VOCAB, LLAMA3_SPLIT_PATTERN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m reasondistill.demo.teacher [RECIPE.yaml] [--key value ...]`: build (or reuse) one demo
+    teacher without the rest of the demo (e.g. `--solution_style varied`) and print its directory."""
+    try:
+        recipe, overrides = split_recipe_argument(sys.argv[1:] if argv is None else argv)
+        (config,) = parse_recipe(recipe or DEFAULT_RECIPE, (TeacherConfig,), overrides)
+    except RecipeError as error:
+        sys.exit(f"python -m reasondistill.demo.teacher: error: {error}")
+    setup_logging()
+    print(train_teacher(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

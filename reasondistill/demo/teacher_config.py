@@ -6,7 +6,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from reasondistill.core.arithmetic_task import SOLUTION_STYLES, Problem, generate_problems
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
 
 
@@ -24,6 +26,13 @@ class TeacherConfig:
         default_factory=lambda: [1, 2, 3],
         metadata={"help": "Task difficulty levels to train and evaluate on."},
     )
+    solution_style: Literal["fixed", "varied"] = field(
+        default="fixed",
+        metadata={
+            "help": "fixed: one worked solution per problem (a nearly certain teacher); varied: additions "
+            "in either order and varied wording (core/arithmetic_task.py), a less certain teacher."
+        },
+    )
     vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
     train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
     steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
@@ -40,11 +49,19 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.size not in MODEL_SIZES:  # Literal is not checked at runtime
             raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
+        if self.solution_style not in SOLUTION_STYLES:
+            raise ValueError(f"solution_style={self.solution_style!r} is not one of {SOLUTION_STYLES}")
         if self.steps < 1 or self.batch_tokens < 64 or self.train_problems < 1:
             raise ValueError("steps, batch_tokens and train_problems must be positive (batch_tokens >= 64)")
+
+    def problems(self, split: str, count: int) -> list[Problem]:
+        """`count` problems of `split` as the teacher learns them: its levels, seed and solution style."""
+        return generate_problems(split, count, self.levels, self.seed, self.solution_style)
 
     def directory(self) -> Path:
         """Cache directory keyed by every field that changes the result."""
         key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
+        if self.solution_style == "fixed":
+            del key["solution_style"]  # teachers built before the field existed keep their directory
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return Path(self.cache_dir) / f"demo-{self.size}-{digest}"

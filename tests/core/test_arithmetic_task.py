@@ -2,7 +2,14 @@ import re
 
 import pytest
 
-from reasondistill.core.arithmetic_task import LEVELS, column_steps, generate_problems, split_of
+from reasondistill.core.arithmetic_task import (
+    CLOSING_SENTENCES,
+    LEVELS,
+    STEP_CONCLUSIONS,
+    column_steps,
+    generate_problems,
+    split_of,
+)
 
 STEP_RESULT = re.compile(r"^so (\d+)([+\-*])(\d+)=(\d+)$")
 
@@ -81,3 +88,42 @@ def test_bad_arguments_are_refused():
         generate_problems("train", 1, [9], 0)
     with pytest.raises(ValueError, match="too small"):
         generate_problems("test", 10**6, [1], 0)
+
+
+STEP = re.compile(r"^Step \d+: (\d+)([+\-*])(\d+)$")
+CONCLUSION = re.compile(r"^(\w+) (\d+)([+\-*])(\d+)=(\d+)$")
+
+
+def test_varied_style_writes_other_valid_solutions_to_the_same_problems():
+    fixed = generate_problems("train", 600, [1, 2, 3], seed=5)
+    varied = generate_problems("train", 600, [1, 2, 3], seed=5, style="varied")
+    assert varied == generate_problems("train", 600, [1, 2, 3], seed=5, style="varied")
+    assert [(p.id, p.question, p.answer) for p in varied] == [(p.id, p.question, p.answer) for p in fixed]
+    additions = swapped = 0
+    words, closings = set(), set()
+    for one, other in zip(fixed, varied, strict=True):
+        fixed_steps = [STEP.match(line) for line in one.reasoning.splitlines() if line.startswith("Step")]
+        lines = other.reasoning.splitlines()
+        varied_steps = [(i, STEP.match(line)) for i, line in enumerate(lines) if line.startswith("Step")]
+        assert len(varied_steps) == len(fixed_steps)
+        ends = [i for i, _ in varied_steps[1:]] + [len(lines)]
+        for (start, step), end, same in zip(varied_steps, ends, fixed_steps, strict=True):
+            a, op, b = int(step[1]), step[2], int(step[3])
+            assert op == same[2] and sorted([a, b]) == sorted([int(same[1]), int(same[3])])
+            additions += op == "+"
+            swapped += (a, b) != (int(same[1]), int(same[3]))
+            # the step's column work is that of its own order, and its last line states the fact
+            assert lines[start + 1 : end - 1] == column_steps(a, op, b)[:-1]
+            word, *fact = CONCLUSION.match(lines[end - 1]).groups()
+            assert (int(fact[0]), fact[1], int(fact[2])) == (a, op, b)
+            assert int(fact[3]) == {"+": a + b, "-": a - b, "*": a * b}[op]
+            words.add(word)
+        assert other.solution.endswith(f"\\boxed{{{other.answer}}}.")
+        closing = other.solution.split(" The answer is")[0]
+        ending = " in the end." if closing.endswith(" in the end.") else ""
+        closings.add(("Now " if closing.startswith("Now ") else "") + ending)
+    assert 0.4 < swapped / additions < 0.6  # either order, about evenly; never a - or * step
+    assert words == set(STEP_CONCLUSIONS)
+    assert len(closings) == len(CLOSING_SENTENCES)
+    with pytest.raises(ValueError, match="solution style"):
+        generate_problems("train", 1, [1], seed=0, style="wild")

@@ -8,7 +8,7 @@ from conftest import TINY_TEACHER
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reasondistill.core.arithmetic_task import generate_problems
-from reasondistill.demo.teacher import BUILD_INFO_FILE, tokenize_example, train_teacher
+from reasondistill.demo.teacher import BUILD_INFO_FILE, main, tokenize_example, train_teacher
 from reasondistill.demo.teacher_config import TeacherConfig
 
 
@@ -43,3 +43,18 @@ def test_bad_settings_are_refused():
         TeacherConfig(size="huge")
     with pytest.raises(ValueError, match="positive"):
         TeacherConfig(steps=0)
+
+
+def test_solution_style_builds_another_teacher_from_the_command_line(tmp_path, capsys):
+    # The fixed style keeps the directory of teachers built before the field existed (the demo's cache).
+    assert TeacherConfig().directory().name == "demo-teacher-dba4de7275"
+    flags = [f"--{key}={value}" for key, value in TINY_TEACHER.items()]
+    assert main([*flags, "--cache_dir", str(tmp_path), "--solution_style", "varied"]) == 0
+    directory = capsys.readouterr().out.strip().splitlines()[-1]
+    fixed = TeacherConfig(cache_dir=str(tmp_path), **TINY_TEACHER)
+    varied = TeacherConfig(cache_dir=str(tmp_path), **TINY_TEACHER, solution_style="varied")
+    assert directory == str(varied.directory()) != str(fixed.directory())
+    info = json.loads((varied.directory() / BUILD_INFO_FILE).read_text())
+    assert info["config"]["solution_style"] == "varied"
+    with pytest.raises(SystemExit, match="solution_style"):
+        main(["--solution_style", "wild"])
