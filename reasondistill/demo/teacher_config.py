@@ -35,7 +35,7 @@ class TeacherConfig:
     )
     vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
     train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
-    steps: int = field(default=1000, metadata={"help": "Optimizer steps."})
+    steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
     batch_tokens: int = field(default=4096, metadata={"help": "Tokens per batch, padding included."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up, then cosine decay to 10%."})
