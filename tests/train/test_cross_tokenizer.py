@@ -171,9 +171,18 @@ def test_token_level_targets_are_aligned_by_bytes(trace_dir, student_dir, teache
     dataset, info, counts = load_trace_dataset(
         str(trace_dir), False, None, tokenizer, retokenize=True, teacher_tokenizer=teacher_tokenizer
     )
-    stored = list(load_traces(trace_dir))
     spelled = lambda tok, ids: [tok.decode([i]).encode() for i in ids]  # noqa: E731 (ASCII vocabularies)
-    assert counts.dropped["teacher_tokens_not_the_text"] == 0 and len(dataset) == len(stored)
+    # a random teacher may sample a lone non-ASCII byte, which no text can hold (vLLM writes U+FFFD there):
+    # such a record cannot be aligned and is dropped; every other one is kept
+    stored = list(load_traces(trace_dir))
+    whole = [
+        r
+        for r in stored
+        if all("\ufffd" not in teacher_tokenizer.decode([i]) for i in r["completion_token_ids"])
+    ]
+    assert counts.dropped["teacher_tokens_not_the_text"] == len(stored) - len(whole)
+    assert len(dataset) == len(whole) >= len(stored) // 2
+    stored = whole
     kinds = {name: n for name, n in counts.alignment.items() if name.startswith("target_")}
     assert sum(kinds.values()) == sum(len(r["completion_token_ids"]) for r in dataset)
     assert kinds["target_exact"] > 0 and kinds["target_merged"] > 0
