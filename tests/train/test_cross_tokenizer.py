@@ -190,7 +190,6 @@ def test_token_level_targets_are_aligned_by_bytes(trace_dir, student_dir, teache
     student_vocab = {b: i for i, b in enumerate(spelled(tokenizer, range(len(tokenizer))))}
     checked = {"exact": 0, "merged": 0}
     teacher_specials = set(teacher_tokenizer.all_special_ids)  # no bytes: only the end of turn maps
-    assert "stop" in [r["finish_reason"] for r in stored]  # an ended turn is among them
     for b, (record, aligned) in enumerate(zip(stored, dataset, strict=True)):
         stop = record["finish_reason"] == "stop"  # then both end with their end-of-turn token
         teacher_text = record["completion_token_ids"][:-1] if stop else record["completion_token_ids"]
