@@ -14,7 +14,9 @@ minus the first, paired by seed and problem. Runs are reused across studies when
 
 Studies:
 - starts: SFT and CE + top-k KL from a random initialisation, the cached base student
-  (recipes/demo/base_student.yaml) and the teacher pruned to 2 layers x 256 MLP channels (28% of it).
+  (recipes/demo/base_student.yaml) and the teacher pruned to 2 layers x 256 MLP channels (28% of it;
+  `--pruned-layers`, `--pruned-channels`), its layers chosen by `--depth-criterion`
+  (PruneConfig.depth_criterion).
 - targets: what the top-k carries, from the random start: CE + top-k KL against CE with label smoothing
   0.1 (regularisation without the teacher) and KL to the teacher's top-1 probability only (kd_top_k 1,
   the rest in the tail bucket: the teacher's confidence, not its alternatives).
@@ -68,7 +70,6 @@ from reasondistill.evaluate.metrics import seed_problem_bootstrap
 logger = logging.getLogger("reasondistill.benchmarks.distill_study")
 
 SFT, KD = {"kd_weight": 0.0}, {"kd_weight": 1.0}
-PRUNED_START = {"num_layers": 2, "intermediate_size": 256}  # 919,808 of 3,281,152 teacher parameters
 
 
 def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str, dict[str, Any]]]]:
@@ -132,6 +133,15 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
             methods[f"kd-{count}"] = {**KD, "num_traces": count}
         return [(args.start, methods)]
     raise ValueError(f"unknown study {study!r}")
+
+
+def pruned_shape(args: argparse.Namespace) -> dict[str, Any]:
+    """The pruned start's prune.yaml overrides (2 x 256 keeps 919,808 of the demo teacher's 3,281,152)."""
+    return {
+        "num_layers": args.pruned_layers,
+        "intermediate_size": args.pruned_channels,
+        "depth_criterion": args.depth_criterion,
+    }
 
 
 def budget(max_steps: int) -> dict[str, int]:
@@ -200,6 +210,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--more-sft-steps", type=int, default=1000, help="sft-then-sft's extra steps")
     parser.add_argument("--start", choices=["random", "base", "pruned"], default="random")
+    parser.add_argument("--pruned-layers", type=int, default=2, help="layers the pruned start keeps")
+    parser.add_argument("--pruned-channels", type=int, default=256, help="MLP channels it keeps per layer")
+    parser.add_argument(
+        "--depth-criterion",
+        choices=["kl", "cosine"],
+        default="kl",
+        help="which layers the pruned start keeps (PruneConfig.depth_criterion)",
+    )
     parser.add_argument("--num-traces", type=int, help="train every arm on the first N traces")
     parser.add_argument("--trace-counts", type=int, nargs="+", default=[64, 128, 256, 512, 818])
     parser.add_argument("--test-problems", type=int, default=200)
@@ -228,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for start, methods in study_arms(args.study, args):
         config = StudentsConfig(
             start=start,
-            prune=PRUNED_START if start == "pruned" else {},
+            prune=pruned_shape(args) if start == "pruned" else {},
             seeds=args.seeds,
             methods=with_defaults(only(methods, args.methods), defaults),
             test_problems=args.test_problems,

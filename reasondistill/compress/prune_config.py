@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal, get_args
+
+DepthCriterion = Literal["kl", "cosine"]
 
 
 @dataclass
 class PruneConfig:
+    # what runs recorded before a field existed did, where its default does otherwise (core/recipe.py,
+    # recipe_changes): `prune` chose layers by cosine distance before depth_criterion
+    BEFORE_ADDED: ClassVar[dict[str, object]] = {"depth_criterion": "cosine"}
+
     model: str = field(
         metadata={"help": "Full-precision Qwen2, Qwen3, Llama or Gemma 3 model directory to prune."}
     )
     output_dir: str = field(default="outputs/prune", metadata={"help": "The pruned model directory."})
     num_layers: int | None = field(
         default=None, metadata={"help": "Decoder layers to keep (depth pruning); null keeps all."}
+    )
+    depth_criterion: DepthCriterion = field(
+        default="kl",
+        metadata={
+            "help": "Which layer goes in each depth round: kl (the one whose removal moves the next-token "
+            "distribution on the model's own greedy continuations least, by KL on its top-20 + tail) or "
+            "cosine (the one that moves the final hidden states least; block importance)."
+        },
     )
     intermediate_size: int | None = field(
         default=None,
@@ -50,6 +65,15 @@ class PruneConfig:
             raise ValueError(
                 f"intermediate_size must be a positive multiple of 32 (bitsandbytes' CPU kernels need it), "
                 f"got {self.intermediate_size}"
+            )
+        if self.depth_criterion not in get_args(DepthCriterion):  # Literal is not checked at runtime
+            raise ValueError(
+                f"depth_criterion must be one of {get_args(DepthCriterion)}, got {self.depth_criterion!r}"
+            )
+        if self.depth_criterion == "kl" and self.calibration_tokens == 0 and self.num_layers is not None:
+            raise ValueError(
+                "depth_criterion: kl scores the model's own continuations, and calibration_tokens is 0; "
+                "set calibration_tokens (e.g. 128) or depth_criterion: cosine"
             )
         if min(self.num_calibration, self.batch_size) < 1 or self.calibration_tokens < 0:
             raise ValueError(

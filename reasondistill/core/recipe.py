@@ -416,8 +416,9 @@ def recipe_changes(
     "key: old -> new" per setting; empty when they are the same run. RUN_CONTROL_FIELDS and `ignore`
     (a stage's settings that change no output, such as generate's NON_SEMANTIC_FIELDS) do not count.
 
-    A field the saved recipe lacks matches when it holds its default: it was added by a later version,
-    and a run from before it existed did what its default does."""
+    A field the saved recipe lacks was added by a later version: it matches the value that runs from before
+    it existed behaved as, the config class's `BEFORE_ADDED[name]` where the field's default does otherwise
+    (PruneConfig.depth_criterion), else its default."""
     configs = list(configs)
     current = _resolved_settings(configs)
     saved = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -425,8 +426,11 @@ def recipe_changes(
         return [f"{path} is not a saved recipe"]
     defaults = {}
     for config in configs:
+        before_added = getattr(type(config), "BEFORE_ADDED", {})
         for field in dataclasses.fields(config):
-            if field.default is not dataclasses.MISSING:
+            if field.name in before_added:
+                defaults.setdefault(field.name, _plain(before_added[field.name]))
+            elif field.default is not dataclasses.MISSING:
                 defaults.setdefault(field.name, _plain(field.default))
             elif field.default_factory is not dataclasses.MISSING:
                 defaults.setdefault(field.name, _plain(field.default_factory()))

@@ -11,11 +11,12 @@ compute.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,30 @@ def override_arguments(fields: dict[str, object]) -> list[str]:
     ]
 
 
+def pruned_start(config: StudentsConfig, recipe_dir: Path, teacher_dir: Path) -> tuple[str, PruneConfig]:
+    """(name, settings) of the pruned start: prune.yaml with the `prune` overrides, named by its settings so
+    that students of a start pruned otherwise live elsewhere and are never reused for this one."""
+    overrides = ["--model", str(teacher_dir)] + override_arguments(config.prune)
+    (prune_config,) = parse_recipe(recipe_dir / "prune.yaml", (PruneConfig,), overrides)
+    settings = {k: v for k, v in asdict(prune_config).items() if k not in ("output_dir", "overwrite")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    shape = f"{prune_config.num_layers or 'all'}x{prune_config.intermediate_size or 'all'}"
+    return f"pruned-{shape}-{prune_config.depth_criterion}-{digest}", prune_config
+
+
+def students_root(config: StudentsConfig, recipe_dir: Path, teacher_dir: Path) -> Path:
+    """Where the students of `config`'s start live: OUTPUT_DIR/TEACHER/START, a pruned start's directory
+    named by its prune settings (`pruned_start`)."""
+    if config.start == "pruned":
+        name, _ = pruned_start(config, recipe_dir, teacher_dir)
+        return Path(config.output_dir) / teacher_dir.name / name
+    return Path(config.output_dir) / teacher_dir.name / config.start
+
+
 def start_model(
     config: StudentsConfig, recipe_dir: Path, teacher_dir: Path, tokenizer, root: Path, seed: int
 ) -> Path:
-    """The model every method of `seed` starts from (built or reused)."""
+    """The model every method of `seed` starts from (built or reused), under `root` (`students_root`)."""
     if config.start == "random":
         init = root / f"init-{config.size}-seed{seed}"
         save_initial_model(config.size, tokenizer, init, seed)
@@ -91,12 +112,9 @@ def start_model(
     if config.start == "base":
         (base_config,) = parse_recipe(recipe_dir / "base_student.yaml", (BaseStudentConfig,))
         return build_base_student(base_config, teacher_dir)
-    overrides = ["--model", str(teacher_dir), "--output_dir", str(root / "start-pruned")]
-    (prune_config,) = parse_recipe(
-        recipe_dir / "prune.yaml", (PruneConfig,), overrides + override_arguments(config.prune)
-    )
-    prune_step(prune_config, overwrite=True)  # the demo's own directories: a changed recipe reruns
-    return Path(prune_config.output_dir)
+    _, prune_config = pruned_start(config, recipe_dir, teacher_dir)
+    prune_step(replace(prune_config, output_dir=str(root / "start")))
+    return root / "start"
 
 
 def train_students(
@@ -111,7 +129,7 @@ def train_students(
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     own_tokenizer = None  # built once, if a method asks for it
     problems = generate_problems("test", config.test_problems, config.test_levels, seed=1)
-    root = Path(config.output_dir) / teacher_dir.name / config.start
+    root = students_root(config, recipe_dir, teacher_dir)
     results = []
     for seed in config.seeds:
         start = start_model(config, recipe_dir, teacher_dir, tokenizer, root, seed)

@@ -54,6 +54,32 @@ from reasondistill.train.distill_trainer import DistillTrainer
 
 RECIPE_FILE = "train_recipe.yaml"
 COMPUTE_FILE = "compute.json"
+# which trace dataset a run trained on (written when it starts): traces regenerated under the same path
+# make a run of the same settings stale, never silently reused
+TRACES_RECORD_FILE = "trained_on.json"
+
+
+def traces_record(trace_dir: str) -> dict[str, str]:
+    """What identifies a trace dataset beyond its path: when it was started, and its recipe's fingerprint."""
+    info = read_info(trace_dir)
+    return {"created_at": info.created_at, "recipe_fingerprint": info.recipe_fingerprint}
+
+
+def traces_changed(args: DistillConfig) -> str | None:
+    """How the traces differ from the ones OUTPUT_DIR's run trained on, or None (same, or not recorded:
+    a run from before the record existed)."""
+    saved = Path(args.output_dir) / TRACES_RECORD_FILE
+    if not saved.is_file():
+        return None
+    old, new = json.loads(saved.read_text(encoding="utf-8")), traces_record(args.traces)
+    if old == new:
+        return None
+    return (
+        f"the traces at {args.traces} were written {new['created_at']}, "
+        f"the run trained on ones written {old['created_at']}"
+    )
+
+
 MERGED_DIR = "merged"
 USAGE = (
     "usage: python -m reasondistill.train {RECIPE.yaml | --config RECIPE.yaml} [--key value ...] "
@@ -105,6 +131,13 @@ def claim_output_dir(
         return Claim(resume=asked)
     if args.overwrite or redo or not record.same:
         return Claim(clear=True)
+    if changed := traces_changed(args):  # the same settings on other traces: stale
+        if overwrite:
+            return Claim(clear=True)
+        raise RunDirError(
+            f"output_dir {record.directory} holds a run of these settings, but {changed} (regenerated); "
+            "nothing was changed. Pass --overwrite to train again on them, or choose another output_dir"
+        )
     if record.state == "finished":
         return Claim(reuse=True)
     if asked:  # an explicit resume of the same settings
@@ -186,6 +219,7 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
     state.wait_for_everyone()
     if state.is_main_process:
         start_run([model_args, args], recipe_file, clear=claim.clear)
+        (Path(args.output_dir) / TRACES_RECORD_FILE).write_text(json.dumps(traces_record(args.traces)))
     state.wait_for_everyone()
 
     collator = TopKCollator(

@@ -9,6 +9,7 @@ from typing import Literal
 
 import pytest
 
+from reasondistill.compress.prune_config import PruneConfig
 from reasondistill.core import recipe as recipe_module
 from reasondistill.core.recipe import RecipeError, parse_recipe, save_resolved_recipe, split_recipe_argument
 
@@ -337,6 +338,18 @@ def test_a_saved_run_matches_only_the_same_settings(tmp_path):
     changed = parse_recipe(write(tmp_path, "model_name: tiny\nseed: 5\nmax_steps: 11\nbf16: true\n"), TYPES)
     assert recipe_changes(changed, saved) == ["max_steps: 10 -> 11", "bf16: false -> true"]
     assert recipe_changes(changed, saved, ignore={"bf16"}) == ["max_steps: 10 -> 11"]
+    # a field whose default does otherwise than the runs before it names what they did (BEFORE_ADDED)
+    prune = parse_recipe(write(tmp_path, "model: m\nnum_layers: 2\n"), (PruneConfig,))
+    before = tmp_path / "before.yaml"
+    save_resolved_recipe(prune, before)
+    before.write_text(
+        "".join(line for line in before.read_text().splitlines(True) if "depth_criterion" not in line)
+    )
+    assert recipe_changes(prune, before) == ["depth_criterion: cosine -> kl"]
+    assert matches_saved_recipe(
+        parse_recipe(write(tmp_path, "model: m\nnum_layers: 2\ndepth_criterion: cosine\n"), (PruneConfig,)),
+        before,
+    )
     newer = tmp_path / "newer.yaml"  # a field this version does not know
     newer.write_text(saved.read_text() + "unknown_field: 1\n")
     assert not matches_saved_recipe(configs, newer)

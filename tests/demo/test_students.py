@@ -3,7 +3,7 @@ teacher first, then each method against the first, paired."""
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,12 +138,20 @@ def test_pruned_start_is_the_teacher_pruned_once(tmp_path, traces, tiny_model_di
         test_problems=1,
         output_dir=str(tmp_path / "students"),
     )
-    results = train_students(config, recipe_dir(tmp_path), tiny_model_dir, *traces)
+    recipes = recipe_dir(tmp_path)
+    results = train_students(config, recipes, tiny_model_dir, *traces)
     starts = {
         yaml.safe_load((Path(r.directory) / RECIPE_FILE).read_text())["model_name_or_path"] for r in results
     }
     (start,) = starts  # one pruned model for every seed
     assert json.loads((Path(start) / "config.json").read_text())["num_hidden_layers"] == 1
+    assert Path(start).parent.name.startswith("pruned-1x256-kl-")
+    # a start pruned otherwise is another directory: its students never replace or reuse these
+    weights = (Path(results[0].directory) / "model.safetensors").stat().st_mtime_ns
+    other = replace(config, prune={**config.prune, "depth_criterion": "cosine"}, seeds=[0])
+    (cosine,) = train_students(other, recipes, tiny_model_dir, *traces)
+    assert Path(cosine.directory).parent.name.startswith("pruned-1x256-cosine-")
+    assert (Path(results[0].directory) / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_a_student_of_another_tokenizer_learns_from_the_retokenized_text(tmp_path, traces, tiny_model_dir):

@@ -21,7 +21,7 @@ from reasondistill.core.recipe import parse_recipe, save_resolved_recipe
 from reasondistill.core.run_reuse import RunDirError, partial_recipe
 from reasondistill.generate.generate import generate
 from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.train import RECIPE_FILE, train, train_unless_done
+from reasondistill.train.train import RECIPE_FILE, TRACES_RECORD_FILE, train, train_unless_done
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +116,32 @@ def test_an_unfinished_run_is_resumed_only_when_asked(tmp_path, tiny_model_dir, 
         assert all(ours[name].equal(straight[name]) for name in straight)
 
 
+def test_traces_regenerated_under_the_same_path_make_a_run_stale(tmp_path, tiny_model_dir, traces, finished):
+    """A finished run of the same settings is reused only on the traces it trained on: traces written again
+    at that path are named and refused, and with --overwrite (as chains pass) trained on anew."""
+    regenerated = tmp_path / "traces"
+    shutil.copytree(traces, regenerated)
+    out = tmp_path / "run"
+    train(*configs(*settings(tiny_model_dir, regenerated, out)))
+    before = snapshot(out)
+    info = json.loads((regenerated / "trace_info.json").read_text())
+    info["created_at"] = "2030-01-01T00:00:00+00:00"  # what `generate --overwrite` records for a new dataset
+    (regenerated / "trace_info.json").write_text(json.dumps(info))
+    with pytest.raises(
+        RunDirError, match=r"holds a run of these settings, but the traces at .* were written 2030"
+    ):
+        train(*configs(*settings(tiny_model_dir, regenerated, out)))
+    assert snapshot(out) == before  # nothing was changed
+    assert train_unless_done(*configs(*settings(tiny_model_dir, regenerated, out)), overwrite=True)
+    assert json.loads((out / TRACES_RECORD_FILE).read_text())["created_at"] == info["created_at"]
+    # now the same traces: reused
+    assert not train_unless_done(*configs(*settings(tiny_model_dir, regenerated, out)))
+
+
 def test_prune_and_quantize_refuse_another_run_until_overwrite(tmp_path, tiny_model_dir, capsys):
     pruned = tmp_path / "pruned"
     prune = ["prune", "--model", str(tiny_model_dir), "--output_dir", str(pruned), "--num_layers", "3"]
-    prune += ["--num_calibration", "4", "--calibration_tokens", "0"]
+    prune += ["--num_calibration", "4", "--calibration_tokens", "0", "--depth_criterion", "cosine"]
     assert main(prune) == 0
     capsys.readouterr()
     assert main([*prune, "--num_layers", "2"]) == 2
