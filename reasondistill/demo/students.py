@@ -92,19 +92,17 @@ def pruned_start(config: StudentsConfig, recipe_dir: Path, teacher_dir: Path) ->
     return f"pruned-{shape}-{prune_config.depth_criterion}-{digest}", prune_config
 
 
-def students_root(config: StudentsConfig, recipe_dir: Path, teacher_dir: Path) -> Path:
-    """Where the students of `config`'s start live: OUTPUT_DIR/TEACHER/START, a pruned start's directory
-    named by its prune settings (`pruned_start`)."""
-    if config.start == "pruned":
-        name, _ = pruned_start(config, recipe_dir, teacher_dir)
-        return Path(config.output_dir) / teacher_dir.name / name
-    return Path(config.output_dir) / teacher_dir.name / config.start
-
-
 def start_model(
-    config: StudentsConfig, recipe_dir: Path, teacher_dir: Path, tokenizer, root: Path, seed: int
+    config: StudentsConfig,
+    recipe_dir: Path,
+    teacher_dir: Path,
+    tokenizer,
+    root: Path,
+    seed: int,
+    prune_config: PruneConfig | None,
 ) -> Path:
-    """The model every method of `seed` starts from (built or reused), under `root` (`students_root`)."""
+    """The model every method of `seed` starts from (built or reused); a pruned start (`prune_config`, from
+    `pruned_start`) is `root`/start."""
     if config.start == "random":
         init = root / f"init-{config.size}-seed{seed}"
         save_initial_model(config.size, tokenizer, init, seed)
@@ -112,7 +110,6 @@ def start_model(
     if config.start == "base":
         (base_config,) = parse_recipe(recipe_dir / "base_student.yaml", (BaseStudentConfig,))
         return build_base_student(base_config, teacher_dir)
-    _, prune_config = pruned_start(config, recipe_dir, teacher_dir)
     prune_step(replace(prune_config, output_dir=str(root / "start")))
     return root / "start"
 
@@ -129,10 +126,14 @@ def train_students(
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     own_tokenizer = None  # built once, if a method asks for it
     problems = generate_problems("test", config.test_problems, config.test_levels, seed=1)
-    root = students_root(config, recipe_dir, teacher_dir)
+    # OUTPUT_DIR/TEACHER/START; a pruned start's directory is named by its prune settings (`pruned_start`)
+    start_name, prune_config = config.start, None
+    if config.start == "pruned":
+        start_name, prune_config = pruned_start(config, recipe_dir, teacher_dir)
+    root = Path(config.output_dir) / teacher_dir.name / start_name
     results = []
     for seed in config.seeds:
-        start = start_model(config, recipe_dir, teacher_dir, tokenizer, root, seed)
+        start = start_model(config, recipe_dir, teacher_dir, tokenizer, root, seed, prune_config)
         done: dict[str, StudentResult] = {}
         for method, fields in config.methods.items():
             fields = dict(fields)
