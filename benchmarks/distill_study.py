@@ -29,8 +29,9 @@ Studies:
   tokenizer (demo.teacher.digit_runs_tokenizer: numbers in runs of up to 3 digits, another vocabulary
   size) trained on the traces' text re-tokenized (prompt_chat_template student; KD with the stored top-k
   aligned to the student's tokens by bytes), all from random starts of the same shape (issue #16).
-- data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`; also plots exact
-  match against n (data_efficiency.png).
+- data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`, and on all of them
+  (the `sft` and `kd` arms of the other studies, reused from OUTPUT_DIR when they are there); also plots
+  exact match against n (data_efficiency.png).
 
 `--start` (targets, on_policy, data) and `--num-traces` (every study but data, which sets its own) change
 the setting for every arm; students of another trace count live in OUTPUT_DIR/students-<n>traces.
@@ -51,10 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from trl import ModelConfig
 
 from reasondistill.core.arithmetic_task import generate_problems
 from reasondistill.core.logs import setup_logging
-from reasondistill.core.recipe import PACKAGE_DIR
+from reasondistill.core.recipe import PACKAGE_DIR, parse_recipe
 from reasondistill.demo.scoring import task_scores
 from reasondistill.demo.students import (
     BOOTSTRAP_RESAMPLES,
@@ -66,6 +68,8 @@ from reasondistill.demo.students import (
 from reasondistill.demo.students_config import AFTER, STUDENT_TOKENIZER, StudentsConfig
 from reasondistill.demo.teacher import load_teacher
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
+from reasondistill.train.distill_config import DistillConfig
+from reasondistill.train.distill_data import load_trace_dataset
 
 logger = logging.getLogger("reasondistill.benchmarks.distill_study")
 
@@ -131,7 +135,7 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
         for count in args.trace_counts:
             methods[f"sft-{count}"] = {**SFT, "num_traces": count}
             methods[f"kd-{count}"] = {**KD, "num_traces": count}
-        return [(args.start, methods)]
+        return [(args.start, {**methods, "sft": SFT, "kd": KD})]  # the last two: every trace
     raise ValueError(f"unknown study {study!r}")
 
 
@@ -165,25 +169,47 @@ def only(methods: dict[str, dict[str, Any]], names: list[str] | None) -> dict[st
     return {name: fields for name, fields in methods.items() if name in wanted}
 
 
-def plot_data_efficiency(results: list[StudentResult], path: Path) -> None:
-    """Exact match (mean over seeds, 95% interval over seeds and problems) against the trace count."""
+def usable_traces(args: argparse.Namespace) -> int:
+    """How many traces a student trains on when it takes them all (train.yaml's filters applied)."""
+    overrides = ["--traces", args.traces, "--output_dir", "unused"]
+    _, recipe = parse_recipe(Path(args.recipes) / "train.yaml", (ModelConfig, DistillConfig), overrides)
+    dataset, _, _ = load_trace_dataset(args.traces, recipe.only_correct, recipe.max_length)
+    return len(dataset)
+
+
+def plot_data_efficiency(
+    results: list[StudentResult], all_traces: int, teacher_accuracy: float, path: Path
+) -> None:
+    """Exact match (mean over seeds, 95% interval over seeds and problems) against the trace count
+    (`sft-N`, `kd-N`; `sft` and `kd` at `all_traces`), with the teacher's on the same problems as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     figure, axes = plt.subplots(figsize=(6, 4))
+    ticks: set[int] = set()
     for kind in ("sft", "kd"):
-        counts = sorted({int(r.method.split("-")[1]) for r in results if r.method.startswith(f"{kind}-")})
+        by_count: dict[int, list[list[float]]] = {}
+        for r in results:
+            if r.method == kind or r.method.startswith(f"{kind}-"):
+                count = all_traces if r.method == kind else int(r.method.split("-")[1])
+                by_count.setdefault(count, []).append(r.problem_correct)
+        counts = sorted(by_count)
+        ticks.update(counts)
         points = []
         for count in counts:
-            scores = np.array([r.problem_correct for r in results if r.method == f"{kind}-{count}"])
+            scores = np.array(by_count[count])
             points.append(seed_problem_bootstrap(scores, BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES))
         means, lows, highs = (100 * np.array(column) for column in zip(*points, strict=True))
         label = "SFT (CE on traces)" if kind == "sft" else "CE + top-k KL"
         axes.plot(counts, means, marker="o", label=label)
         axes.fill_between(counts, lows, highs, alpha=0.2)
+    axes.axhline(100 * teacher_accuracy, color="gray", linestyle="--", label="teacher")
     axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(ticks), [f"{count:,}" for count in sorted(ticks)])
+    axes.xaxis.set_minor_locator(NullLocator())
     axes.set_xlabel("verified teacher traces")
     axes.set_ylabel("exact match, % (95% CI)")
     axes.set_title("What stored top-k buys: exact match against trace count")
@@ -219,7 +245,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="which layers the pruned start keeps (PruneConfig.depth_criterion)",
     )
     parser.add_argument("--num-traces", type=int, help="train every arm on the first N traces")
-    parser.add_argument("--trace-counts", type=int, nargs="+", default=[64, 128, 256, 512, 818])
+    parser.add_argument(
+        "--trace-counts", type=int, nargs="+", default=[64, 256, 1024], help="besides all of them"
+    )
     parser.add_argument("--test-problems", type=int, default=200)
     parser.add_argument(
         "--methods", nargs="+", help="only these methods of the study (and the ones they chain onto)"
@@ -255,9 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs = train_students(config, Path(args.recipes), teacher_dir, Path(args.traces), Path(args.heldout))
         results += runs
-        tables.append(f"start: {start}\n\n{summary_table(runs, teacher_accuracy, teacher_steps)}")
+        # the data study pairs KD with SFT at each trace count; the others, every method with the first
+        baselines = None
+        if args.study == "data":
+            kd_arms = [m for m in config.methods if m.startswith("kd") and "sft" + m[2:] in config.methods]
+            baselines = {m: "sft" + m[2:] for m in kd_arms}
+        tables.append(f"start: {start}\n\n{summary_table(runs, teacher_accuracy, teacher_steps, baselines)}")
     if args.study == "data":
-        plot_data_efficiency(results, out / "data_efficiency.png")
+        all_traces = usable_traces(args)
+        tables.append(f"sft, kd: all {all_traces} usable traces")
+        plot_data_efficiency(results, all_traces, teacher_accuracy, out / "data_efficiency.png")
     command = shlex.join(
         [".venv/bin/python", "benchmarks/distill_study.py", *(sys.argv[1:] if argv is None else argv)]
     )

@@ -200,12 +200,18 @@ def paired_difference(a: list[list[float]] | np.ndarray, b: list[list[float]] | 
     return f"{100 * mean:+.1f} pts [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
-def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher_steps: float) -> str:
+def summary_table(
+    results: list[StudentResult],
+    teacher_accuracy: float,
+    teacher_steps: float,
+    baselines: dict[str, str] | None = None,
+) -> str:
     """Markdown table: per method the mean ± sd over seeds of every measure, with a 95% interval over
     seeds and problems for the per-problem ones, and the mean compute per student (training seconds on
     this machine, label tokens trained, on-policy sampling and scoring seconds; a chained method counts
-    its start's too); then each method against the first, paired by seed and problem (the interval of
-    the difference, `seed_problem_bootstrap`)."""
+    its start's too); then paired rows, by seed and problem (the interval of the difference,
+    `seed_problem_bootstrap`): each method against the first, or each key of `baselines` against its
+    value (method -> the method it is compared with)."""
 
     def spread(values: list[float], percent: bool) -> str:
         if any(np.isnan(values)):  # not measured (held-out losses of another tokenizer)
@@ -243,8 +249,10 @@ def summary_table(results: list[StudentResult], teacher_accuracy: float, teacher
                 *(mean_compute(runs, key) for key in compute_keys),
             ]
         )
-    baseline, *others = by_method
-    for method in others:
+    if baselines is None:
+        first, *others = by_method
+        baselines = {method: first for method in others}
+    for method, baseline in baselines.items():
         pairs = [(r, b) for r in by_method[method] for b in by_method[baseline] if b.seed == r.seed]
         rows.append(
             [
