@@ -9,8 +9,9 @@ for a seed, every method starts from the same model and trains with recipes/demo
 method's few overrides and `--max-steps` (warm-up 5% of it); exact match and step accuracy on 200
 held-out problems (greedy), held-out CE and KD on the teacher's held-out traces, and the compute each
 run spent. The table gives mean ± sd over seeds, a 95% interval over seeds and problems, and each method
-minus the first, paired by seed and problem. Runs are reused across studies when their settings match
-(the random-start `sft` and `kd` students serve `starts`, `targets` and `on_policy`).
+minus the first (in `data`, KD minus SFT at each trace count), paired by seed and problem. Runs are
+reused across studies when their settings match (the random-start `sft` and `kd` students serve
+`starts`, `targets` and `on_policy`).
 
 Studies:
 - starts: SFT and CE + top-k KL from a random initialisation, the cached base student
