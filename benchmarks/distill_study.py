@@ -38,6 +38,8 @@ Studies:
 the setting for every arm; students of another trace count live in OUTPUT_DIR/students-<n>traces.
 
 Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the table, and the command).
+`--merge-with OTHER/STUDY.json` adds the students of another run of the study (other seeds, trained
+with another --output-dir) to the tables, the plot and STUDY.json, paired by seed as this run's.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from reasondistill.demo.students import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     StudentResult,
+    pruned_start,
     summary_table,
     train_students,
 )
@@ -254,7 +257,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--methods", nargs="+", help="only these methods of the study (and the ones they chain onto)"
     )
     parser.add_argument("--output-dir", default="outputs/study")
+    parser.add_argument(
+        "--merge-with",
+        nargs="+",
+        default=[],
+        metavar="STUDY.json",
+        help="other seeds of this study (run with another --output-dir): their students join the tables "
+        "and plot, paired by seed",
+    )
     return parser.parse_args(argv)
+
+
+def merged_students(paths: list[str], teacher: list[float]) -> list[StudentResult]:
+    """The students of other runs of a study (`--merge-with`), scored on the same problems by the same
+    teacher (refused otherwise: their per-problem scores would not pair)."""
+    students = []
+    for path in paths:
+        summary = json.loads(Path(path).read_text())
+        if summary["teacher"] != teacher:
+            sys.exit(
+                f"--merge-with {path}: its teacher scored {summary['teacher']} on the held-out problems, "
+                f"this run's {teacher}: another teacher or other problems; merge runs of one study only"
+            )
+        students += [StudentResult(**student) for student in summary["students"]]
+    return students
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [1, 2, 3]
     problems = generate_problems("test", args.test_problems, levels, seed=1)  # the students' problems
     teacher_accuracy, teacher_steps = task_scores(teacher, tokenizer, problems)
+    merged = merged_students(args.merge_with, [teacher_accuracy, teacher_steps])
     defaults: dict[str, Any] = budget(args.max_steps)
     students_dir = out / "students"
     if args.num_traces is not None and args.study != "data":
@@ -282,7 +309,16 @@ def main(argv: list[str] | None = None) -> int:
             test_levels=levels,
             output_dir=str(students_dir),
         )
+        # merged students of this start (their directory's name) and these methods
+        start_name = pruned_start(config, Path(args.recipes), teacher_dir)[0] if start == "pruned" else start
+        others = [r for r in merged if Path(r.directory).parent.name == start_name]
+        others = [r for r in others if r.method in config.methods]
+        to_train = {(method, seed) for method in config.methods for seed in args.seeds}
+        if clash := sorted({(r.method, r.seed) for r in others} & to_train):
+            sys.exit(f"--merge-with: {clash} are merged and would be trained again: leave their seeds out")
         runs = train_students(config, Path(args.recipes), teacher_dir, Path(args.traces), Path(args.heldout))
+        order = list(config.methods)  # each method's seeds together, merged ones included
+        runs = sorted(runs + others, key=lambda r: (order.index(r.method), r.seed))
         results += runs
         # the data study pairs KD with SFT at each trace count; the others, every method with the first
         baselines = None

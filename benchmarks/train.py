@@ -15,7 +15,10 @@ optimizer step to the end of the next, so it includes fetching the batch (and on
 
 Table 1, on the demo models (student 4 x 128 from random weights, teacher 3.3M), same traces and
 batches: our trainer with CE only (kd_weight 0), with CE + top-k KL (targets read from the traces),
-and TRL's GKDTrainer (lmbda 0: the same off-policy traces, teacher run live, forward KL, beta 0).
+and TRL's GKDTrainer (lmbda 0: the same off-policy traces, teacher run live, forward KL, beta 0). Then
+CE + top-k KL with each step's traces in 2 accumulated micro-batches: drawn at random (the accumulation's
+own cost), and split by length (`train_sampling_strategy: batch_rebalance`: the same draw per step, less
+padding).
 
 Table 2, on-policy steps (lmbda 1) on the same student with LoRA (rank 16, all linear layers),
 `--batch` prompts per step, completions of at most
@@ -153,6 +156,10 @@ def trainer_case(
 
         dataset, info, _ = load_trace_dataset(str(traces), False, 1024)
         settings = dict(traces=str(traces), kd_weight=0.0 if case == "ce" else 1.0, **common)
+        if case in ("kd_accumulated", "kd_rebalanced"):  # the same traces per step in 2 micro-batches
+            settings |= dict(per_device_train_batch_size=batch // 2, gradient_accumulation_steps=2)
+            if case == "kd_rebalanced":
+                settings |= dict(train_sampling_strategy="batch_rebalance")
         lora = None
         if case in ON_POLICY_CASES:  # tables 2 and 3: off-policy, or sampling with a backend
             _, backend, micro_batches, generation_batch, uses_lora = ON_POLICY_CASES[case]
@@ -351,7 +358,8 @@ def main() -> None:
         steps = ["--steps", str(args.steps), "--batch", str(args.batch), "--new-tokens", str(args.new_tokens)]
         steps += ["--teacher", str(teacher), "--traces", str(traces)]
     if args.only in (None, "trainer"):
-        trainers = {case: subprocess_case("trainer", case, *steps) for case in ("ce", "kd", "gkd")}
+        cases = ("ce", "kd", "gkd", "kd_accumulated", "kd_rebalanced")
+        trainers = {case: subprocess_case("trainer", case, *steps) for case in cases}
         table(
             f"Trainer on the demo models ({args.steps} steps x {args.batch} traces; median step after 3 "
             "warm-up)",
@@ -359,6 +367,8 @@ def main() -> None:
                 "CE only (ours, kd_weight 0)": trainers["ce"],
                 "CE + top-k KL (ours)": trainers["kd"],
                 "TRL GKDTrainer (teacher live)": trainers["gkd"],
+                "CE + top-k KL, 2 micro-batches drawn at random": trainers["kd_accumulated"],
+                "CE + top-k KL, 2 micro-batches split by length (batch_rebalance)": trainers["kd_rebalanced"],
             },  # fmt: skip
             "CE only (ours, kd_weight 0)",
         )

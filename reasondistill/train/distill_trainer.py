@@ -15,7 +15,9 @@ What differs from `SFTTrainer`, and nothing else:
   transformers or vLLM on either side; one sampling call per optimizer step); only the divergence trains
   on them;
 - it counts its compute (`TrainingCompute`): label tokens trained, and the seconds spent sampling the
-  student and scoring with the teacher in on-policy steps.
+  student and scoring with the teacher in on-policy steps;
+- `train_sampling_strategy: batch_rebalance` shuffles with the run's `data_seed` or `seed` (Trainer leaves
+  the sampler at its fixed default, so every seed would train on the same batches).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 from trl import SFTTrainer
 
 from reasondistill.core.engines import ScoringEngine
@@ -165,7 +168,14 @@ class DistillTrainer(SFTTrainer):
         self._step_micro_batches = 0
         self.compute = TrainingCompute()
 
-    # ----- batches: on-policy replacement and token counts for the whole accumulated batch -----
+    # ----- batches: the sampler's seed, on-policy replacement, token counts of the accumulated batch -----
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, BatchRebalanceSampler):
+            # it shuffles with its own generator, seeded 42 unless told
+            sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return sampler
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)

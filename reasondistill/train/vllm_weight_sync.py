@@ -19,6 +19,7 @@ both, so the path tested on CPU is the one GPUs run.
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator, DistributedType
@@ -58,22 +59,40 @@ class ColocatedVllm(VLLMGeneration):
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        accelerator = self.accelerator
-        # the external launcher joins the training processes' torch.distributed world
-        os.environ["RANK"] = str(accelerator.process_index)
-        os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
-        os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
-        ensure_master_addr_port()
-        self.llm = LLM(
-            model=self.model.name_or_path,
-            dtype=self.dtype,
-            max_model_len=self.max_model_length,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            distributed_executor_backend="external_launcher",
-            seed=self.seed,
-            enable_chunked_prefill=not current_platform.is_cpu(),
-        )
-        accelerator.wait_for_everyone()  # every process has its engine before training goes on
+        with launcher_environment(self.accelerator):
+            self.llm = LLM(
+                model=self.model.name_or_path,
+                dtype=self.dtype,
+                max_model_len=self.max_model_length,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                distributed_executor_backend="external_launcher",
+                seed=self.seed,
+                enable_chunked_prefill=not current_platform.is_cpu(),
+            )
+        self.accelerator.wait_for_everyone()  # every process has its engine before training goes on
+
+
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextmanager
+def launcher_environment(accelerator: Accelerator) -> Iterator[None]:
+    """The torch.distributed variables vLLM's external launcher reads while the engine starts (it joins the
+    training processes' world), restored after: a process started later from this one (a stage run as a
+    subprocess) would otherwise inherit a world of one whose port this process holds, and fail to start."""
+    before = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
+    os.environ["RANK"] = str(accelerator.process_index)
+    os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
+    os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
+    ensure_master_addr_port()
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def reprocess_tied_lm_head(worker) -> None:

@@ -60,6 +60,23 @@ def test_data_efficiency_study_trains_each_count_and_plots(tiny_model_dir, tmp_p
         in (tmp_path / "study" / "data.md").read_text()
     )
 
+    # a third seed in another directory, merged: every row over 3 seeds, the pairs over 3
+    merge = ["--merge-with", str(tmp_path / "study" / "data.json")]
+    refused = subprocess.run([*command, "--seeds", "1", *merge], capture_output=True, text=True, timeout=900)
+    assert (
+        refused.returncode != 0
+        and "('kd', 1)" in refused.stderr
+        and "leave their seeds out" in refused.stderr
+    )
+    third = [*command, "--seeds", "2", "--output-dir", str(tmp_path / "seed2"), *merge]
+    run = subprocess.run(third, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for row in ("| sft-4 | 3 |", "| kd-4 | 3 |", "| sft | 3 |", "| kd | 3 |", "| kd − sft (paired) | 3 |"):
+        assert row in run.stdout
+    students = json.loads((tmp_path / "seed2" / "data.json").read_text())["students"]
+    assert sorted(s["seed"] for s in students if s["method"] == "kd-4") == [0, 1, 2]
+    assert len(students) == 12 and (tmp_path / "seed2" / "data_efficiency.png").exists()
+
 
 def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
     command = study_command("on_policy", tiny_model_dir, tmp_path) + ["--seeds", "0", "--max-steps", "2"]

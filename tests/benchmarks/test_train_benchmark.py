@@ -49,6 +49,10 @@ def test_every_table_runs_at_tiny_settings(tmp_path, tiny_model_dir):
     cases = benchmark_module().ON_POLICY_CASES.values()
     on_policy_rows = [name for name, backend, *_ in cases if backend != "vllm"]
     trainer_rows = ["CE only (ours, kd_weight 0)", "CE + top-k KL (ours)", "TRL GKDTrainer (teacher live)"]
+    trainer_rows += [
+        "CE + top-k KL, 2 micro-batches drawn at random",
+        "CE + top-k KL, 2 micro-batches split by length (batch_rebalance)",
+    ]
     loss_rows = ["plain_ce", "naive_dense", "ours_full_logits", "chunked"]
     assert rows == trainer_rows + on_policy_rows + loss_rows
     assert done.stdout.count("\n| case |") == 4  # four tables

@@ -312,6 +312,41 @@ def test_gradient_accumulation_is_exact(tmp_path, trace_dir, tiny_model_dir):
     )
 
 
+def test_batch_rebalance_splits_each_seeded_draw_by_length(tmp_path, trace_dir, tiny_model_dir):
+    """train_sampling_strategy batch_rebalance: an optimizer step trains on the examples a shuffle of the
+    run's seed puts there (as random batches would), split into micro-batches by length."""
+    dataset, info, _ = load_trace_dataset(str(trace_dir), only_correct=False, max_length=None)
+    collator = TopKCollator(pad_token_id=0, k=info.k, student_vocab_size=info.vocab_size)
+
+    def micro_batches(seed: int) -> list[list[int]]:
+        path = recipe(
+            tmp_path,
+            tiny_model_dir,
+            trace_dir,
+            seed=seed,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            train_sampling_strategy="batch_rebalance",
+        )
+        _, args = parse_recipe(path, (ModelConfig, DistillConfig))
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        trainer = DistillTrainer(model=model, args=args, data_collator=collator, train_dataset=dataset)
+        return list(trainer._get_train_sampler())
+
+    lengths = dataset["length"]
+    for seed in (0, 1):
+        batches = micro_batches(seed)
+        shuffled = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+        assert len(batches) == 2 * (len(dataset) // 4)
+        for step in range(len(batches) // 2):
+            first, second = batches[2 * step], batches[2 * step + 1]
+            assert sorted(first + second) == sorted(shuffled[4 * step : 4 * step + 4])
+            short, long = sorted((first, second), key=lambda b: max(lengths[i] for i in b))
+            assert max(lengths[i] for i in short) <= min(lengths[i] for i in long)
+    assert micro_batches(0) != micro_batches(1)
+    assert micro_batches(3) == micro_batches(3)
+
+
 def test_lora_run_saves_adapter_merged_model_and_logs(tmp_path, trace_dir, tiny_model_dir):
     out = run(
         recipe(
@@ -637,9 +672,10 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
 ):
     """vLLM's copy of the student follows the training weights (full, or LoRA merged as in several
     processes): its greedy completions equal transformers' after each change, and it trains."""
-    from reasondistill.train.vllm_weight_sync import VllmWeightSyncSampler
+    from reasondistill.train.vllm_weight_sync import LAUNCHER_VARIABLES, VllmWeightSyncSampler
 
     lora = {"use_peft": True, "lora_target_modules": ["q_proj", "v_proj", "up_proj"]} if use_peft else {}
+    environment = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
     trainer, offline, (_, args) = on_policy_trainer(
         tmp_path,
         trace_dir,
@@ -657,6 +693,8 @@ def test_vllm_weight_sync_samples_with_the_current_weights(
         )
         base = {n: w.clone() for n, w in student.named_parameters() if "lora_" not in n}
     assert isinstance(trainer.student_sampler, VllmWeightSyncSampler)
+    # the engine's torch.distributed variables are not left for processes started from this one
+    assert {name: os.environ.get(name) for name in LAUNCHER_VARIABLES} == environment
     dataset, _, _ = load_trace_dataset(str(trace_dir), False, None)
     prompts = [list(p) for p in dict.fromkeys(map(tuple, dataset["prompt_token_ids"]))][:4]
     reference = TransformersSampler(args.student_sampling(), pad_token_id=0)
