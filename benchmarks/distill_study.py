@@ -39,7 +39,9 @@ the setting for every arm; students of another trace count live in OUTPUT_DIR/st
 
 Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the table, and the command).
 `--merge-with OTHER/STUDY.json` adds the students of another run of the study (other seeds, trained
-with another --output-dir) to the tables, the plot and STUDY.json, paired by seed as this run's.
+with another --output-dir) to the tables, the plot and STUDY.json, paired by seed as this run's. Only
+the teacher's score on the problems is checked; that both runs used the same recipes (train.yaml, the
+start) is up to you (each student's directory holds its train_recipe.yaml).
 """
 
 from __future__ import annotations
