@@ -67,7 +67,7 @@ from reasondistill.demo.students import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     StudentResult,
-    pruned_start,
+    start_name,
     summary_table,
     train_students,
 )
@@ -312,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=str(students_dir),
         )
         # merged students of this start (their directory's name) and these methods
-        start_name = pruned_start(config, Path(args.recipes), teacher_dir)[0] if start == "pruned" else start
-        others = [r for r in merged if Path(r.directory).parent.name == start_name]
+        start_directory = start_name(config, Path(args.recipes), teacher_dir)[0]
+        others = [r for r in merged if Path(r.directory).parent.name == start_directory]
         others = [r for r in others if r.method in config.methods]
         to_train = {(method, seed) for method in config.methods for seed in args.seeds}
         if clash := sorted({(r.method, r.seed) for r in others} & to_train):

@@ -92,6 +92,14 @@ def pruned_start(config: StudentsConfig, recipe_dir: Path, teacher_dir: Path) ->
     return f"pruned-{shape}-{prune_config.depth_criterion}-{digest}", prune_config
 
 
+def start_name(config: StudentsConfig, recipe_dir: Path, teacher_dir: Path) -> tuple[str, PruneConfig | None]:
+    """The directory name of the students' start under OUTPUT_DIR/TEACHER (`random`, `base`, or the pruned
+    start's `pruned_start` name) and, for a pruned start, its prune settings."""
+    if config.start == "pruned":
+        return pruned_start(config, recipe_dir, teacher_dir)
+    return config.start, None
+
+
 def start_model(
     config: StudentsConfig,
     recipe_dir: Path,
@@ -127,10 +135,8 @@ def train_students(
     own_tokenizer = None  # built once, if a method asks for it
     problems = generate_problems("test", config.test_problems, config.test_levels, seed=1)
     # OUTPUT_DIR/TEACHER/START; a pruned start's directory is named by its prune settings (`pruned_start`)
-    start_name, prune_config = config.start, None
-    if config.start == "pruned":
-        start_name, prune_config = pruned_start(config, recipe_dir, teacher_dir)
-    root = Path(config.output_dir) / teacher_dir.name / start_name
+    start_directory, prune_config = start_name(config, recipe_dir, teacher_dir)
+    root = Path(config.output_dir) / teacher_dir.name / start_directory
     results = []
     for seed in config.seeds:
         start = start_model(config, recipe_dir, teacher_dir, tokenizer, root, seed, prune_config)
