@@ -161,6 +161,8 @@ class TokenLogprobs:
 
 @dataclass
 class Completion(TokenLogprobs):
+    # The tokenizer's decode of token_ids, special tokens skipped, from every engine alike: a
+    # character cut off by max_tokens is U+FFFD (vLLM's own text would hold its bytes back).
     text: str = ""
     finish_reason: str = "stop"  # "stop" (end-of-turn token) or "length" (hit max_tokens)
 
@@ -292,6 +294,7 @@ class VllmEngine:
             )
         )
         self.k = config.logprobs
+        self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
         """Stop vLLM's engine process and free its memory (the KV cache reservation is large)."""
@@ -328,6 +331,7 @@ class VllmEngine:
                 seed=seed,
                 logprobs=self.k,
                 flat_logprobs=True,
+                detokenize=False,  # the text is decoded once, as Completion.text says
             )
             for seed in seeds
         ]
@@ -343,7 +347,7 @@ class VllmEngine:
                         sampled_logprobs=sampled,
                         topk_ids=topk_ids,
                         topk_logprobs=topk_logprobs,
-                        text=choice.text,
+                        text=self.tokenizer.decode(choice.token_ids, skip_special_tokens=True),
                         finish_reason="length" if choice.finish_reason == "length" else "stop",
                     )
                 )

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -27,6 +28,15 @@ logger = logging.getLogger(__name__)
 BUILD_INFO_FILE = "demo_build.json"  # written last: its presence marks a finished, reusable demo model
 
 Example = tuple[list[int], int]  # (token ids, prompt length: leading tokens without loss)
+Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids [B, T], labels [B, T]), right-padded
+BatchOrder = Literal["by_length", "mixed"]
+BATCH_ORDERS = {
+    "by_length": "each step one batch of examples of similar length, the batches in random order "
+    "(no padding; on the arithmetic task a batch of one length is a batch of one level)",
+    "mixed": "each step a random draw of examples, split by length into MIXED_MICRO_BATCHES "
+    "micro-batches whose gradients add up (every level in every step, little padding)",
+}
+MIXED_MICRO_BATCHES = 3  # the demo's ~25 problems a step are 3 levels, about a third each
 
 
 @dataclass(frozen=True)
@@ -34,23 +44,29 @@ class LMTrainingSettings:
     """How `train_causal_lm` trains: the optimiser, its schedule and the batches."""
 
     steps: int  # optimiser steps
-    batch_tokens: int  # tokens per batch, padding included
+    batch_tokens: int  # tokens per step: padding included by_length, real tokens when mixed
     learning_rate: float  # peak AdamW learning rate, reached after warm-up
     warmup_steps: int  # linear warm-up, then cosine decay to 10% of the peak at the last step
     weight_decay: float  # AdamW weight decay on matrices (not on norms or biases)
     seed: int  # seeds the batch order
     report_every: int  # steps between learning-curve points
+    batch_order: BatchOrder = "by_length"  # see BATCH_ORDERS
 
     @classmethod
     def of(cls, config) -> LMTrainingSettings:
-        """From a build config with these fields (TeacherConfig, BaseStudentConfig; eval_every reports)."""
+        """From a build config with these fields (TeacherConfig, BaseStudentConfig; eval_every reports;
+        a config without `batch_order` trains by length)."""
         fields = ("steps", "batch_tokens", "learning_rate", "warmup_steps", "weight_decay", "seed")
-        return cls(**{name: getattr(config, name) for name in fields}, report_every=config.eval_every)
+        return cls(
+            **{name: getattr(config, name) for name in fields},
+            report_every=config.eval_every,
+            batch_order=getattr(config, "batch_order", "by_length"),
+        )
 
 
 def token_budget_batches(
     examples: list[Example], batch_tokens: int, pad_id: int, rng: random.Random
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[Batch]:
     """Endless stream of right-padded batches of similar-length examples, about batch_tokens each.
 
     Yields (input_ids [B, T], labels [B, T]); labels are -100 on prompt and padding so only the
@@ -72,6 +88,34 @@ def token_budget_batches(
             yield pad_batch([examples[i] for i in batch], pad_id)
 
 
+def mixed_steps(
+    examples: list[Example], batch_tokens: int, pad_id: int, rng: random.Random
+) -> Iterator[list[Batch]]:
+    """Endless stream of steps: each a random draw of about batch_tokens real tokens (epochs of
+    shuffled examples), sorted by length and cut into MIXED_MICRO_BATCHES padded micro-batches."""
+    step: list[Example] = []
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for i in order:
+            if step and sum(len(t) for t, _ in step) + len(examples[i][0]) > batch_tokens:
+                step.sort(key=lambda example: len(example[0]))
+                size = math.ceil(len(step) / MIXED_MICRO_BATCHES)
+                yield [pad_batch(step[start : start + size], pad_id) for start in range(0, len(step), size)]
+                step = []
+            step.append(examples[i])
+
+
+def training_steps(
+    examples: list[Example], pad_id: int, settings: LMTrainingSettings
+) -> Iterator[list[Batch]]:
+    """The batches of each optimiser step in `settings.batch_order` (one batch a step by length)."""
+    rng = random.Random(settings.seed)
+    if settings.batch_order == "mixed":
+        return mixed_steps(examples, settings.batch_tokens, pad_id, rng)
+    return ([batch] for batch in token_budget_batches(examples, settings.batch_tokens, pad_id, rng))
+
+
 def pad_batch(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids [B, T], labels [B, T]) of `examples`, right-padded to the longest; labels are -100
     on prompt and padding."""
@@ -90,6 +134,22 @@ def learning_rate_at(step: int, settings: LMTrainingSettings) -> float:
         return settings.learning_rate * (step + 1) / settings.warmup_steps
     progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
     return settings.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def backward_step(model: PreTrainedModel, batches: list[Batch]) -> torch.Tensor:
+    """Accumulate one step's gradients and return its loss (detached): the mean cross-entropy over
+    the step's answer tokens, whichever micro-batch holds them."""
+    if len(batches) == 1:  # the model's own mean, as the teachers in the cache were built
+        loss = model(input_ids=batches[0][0], labels=batches[0][1]).loss
+        loss.backward()
+        return loss.detach()
+    counts = [int((labels[:, 1:] != -100).sum()) for _, labels in batches]  # tokens with a next-token target
+    loss = torch.zeros(())
+    for (ids, labels), count in zip(batches, counts, strict=True):
+        part = model(input_ids=ids, labels=labels).loss * (count / sum(counts))
+        part.backward()
+        loss += part.detach()
+    return loss
 
 
 def train_causal_lm(
@@ -116,22 +176,21 @@ def train_causal_lm(
         betas=(0.9, 0.95),
     )
     curve: list[dict] = []
-    batches = token_budget_batches(examples, settings.batch_tokens, pad_id, random.Random(settings.seed))
+    steps = training_steps(examples, pad_id, settings)
     model.train()
     # Summed as a tensor and read once per window: no .item() sync per step in the hot path.
     loss_sum, loss_tokens, train_seconds = torch.zeros(()), 0, 0.0
     for step in range(settings.steps):
         step_start = time.time()
-        ids, labels = next(batches)
+        batches = next(steps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, settings)
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
+        loss = backward_step(model, batches)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
-        loss_tokens += int((labels != -100).sum())
+        loss_tokens += sum(int((labels != -100).sum()) for _, labels in batches)
         train_seconds += time.time() - step_start
         if (step + 1) % settings.report_every == 0 or step + 1 == settings.steps:
             window = (step % settings.report_every) + 1

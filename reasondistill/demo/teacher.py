@@ -133,7 +133,8 @@ def digit_runs_tokenizer(teacher_dir: Path) -> PreTrainedTokenizerBase:
     """A student tokenizer that splits the task's numbers otherwise than the teacher's: trained on the
     teacher's tokenizer corpus with Llama 3's pre-tokenizer (numbers in runs of up to three digits, so
     "35" can be one token) and DIGIT_RUNS_VOCAB entries; same chat template and special tokens."""
-    config = TeacherConfig(**json.loads((teacher_dir / BUILD_INFO_FILE).read_text())["config"])
+    built = json.loads((teacher_dir / BUILD_INFO_FILE).read_text())["config"]
+    config = TeacherConfig(**{"batch_order": "by_length", **built})  # built before the field: by length
     train = config.problems("train", config.train_problems)
     return train_tokenizer(tokenizer_corpus(train), DIGIT_RUNS_VOCAB, LLAMA3_SPLIT_PATTERN)
 

@@ -10,6 +10,7 @@ from typing import Literal
 
 from reasondistill.core.arithmetic_task import SOLUTION_STYLES, Problem, generate_problems
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
+from reasondistill.demo.lm_training import BATCH_ORDERS, BatchOrder
 
 
 @dataclass
@@ -35,8 +36,11 @@ class TeacherConfig:
     )
     vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
     train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
-    steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
-    batch_tokens: int = field(default=4096, metadata={"help": "Tokens per batch, padding included."})
+    steps: int = field(default=750, metadata={"help": "Optimizer steps."})
+    batch_tokens: int = field(
+        default=4096,
+        metadata={"help": "Tokens per step: padding included by_length, real tokens when mixed."},
+    )
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up, then cosine decay to 10%."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
@@ -44,11 +48,20 @@ class TeacherConfig:
         default=300, metadata={"help": "Held-out test problems for the accuracy check."}
     )
     eval_every: int = field(default=250, metadata={"help": "Steps between learning-curve evaluations."})
+    batch_order: BatchOrder = field(
+        default="mixed",
+        metadata={
+            "help": "How a step's examples are drawn: "
+            + "; ".join(f"{k}: {v}" for k, v in BATCH_ORDERS.items())
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seeds data, initialisation and batching."})
 
     def __post_init__(self) -> None:
         if self.size not in MODEL_SIZES:  # Literal is not checked at runtime
             raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(f"batch_order={self.batch_order!r} is not one of {sorted(BATCH_ORDERS)}")
         if self.solution_style not in SOLUTION_STYLES:
             raise ValueError(f"solution_style={self.solution_style!r} is not one of {SOLUTION_STYLES}")
         if self.steps < 1 or self.batch_tokens < 64 or self.train_problems < 1:
@@ -63,5 +76,7 @@ class TeacherConfig:
         key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
         if self.solution_style == "fixed":
             del key["solution_style"]  # teachers built before the field existed keep their directory
+        if self.batch_order == "by_length":
+            del key["batch_order"]  # the same, for the field's first value
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return Path(self.cache_dir) / f"demo-{self.size}-{digest}"

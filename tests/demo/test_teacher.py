@@ -43,13 +43,16 @@ def test_bad_settings_are_refused():
         TeacherConfig(size="huge")
     with pytest.raises(ValueError, match="positive"):
         TeacherConfig(steps=0)
+    with pytest.raises(ValueError, match="batch_order='sorted'"):
+        TeacherConfig(batch_order="sorted")
 
 
 def test_solution_style_builds_another_teacher_from_the_command_line(tmp_path, capsys):
-    # The fixed style keeps the directory of teachers built before the field existed (the 1,000-step
-    # teacher's cache, which the studies in docs/benchmarks.md name).
-    assert TeacherConfig(steps=1000).directory().name == "demo-teacher-dba4de7275"
-    assert TeacherConfig().directory().name == "demo-teacher-2dda572f0a"
+    # The fixed style and by-length batches keep the directories of teachers built before those fields
+    # existed (the 1,000- and 1,500-step teachers, which the studies in docs/benchmarks.md name).
+    assert TeacherConfig(steps=1000, batch_order="by_length").directory().name == "demo-teacher-dba4de7275"
+    assert TeacherConfig(steps=1500, batch_order="by_length").directory().name == "demo-teacher-2dda572f0a"
+    assert TeacherConfig().directory().name == "demo-teacher-0592330f4e"
     flags = [f"--{key}={value}" for key, value in TINY_TEACHER.items()]
     assert main([*flags, "--cache_dir", str(tmp_path), "--solution_style", "varied"]) == 0
     directory = capsys.readouterr().out.strip().splitlines()[-1]
