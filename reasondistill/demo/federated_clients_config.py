@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reasondistill.core.arithmetic_task import LEVELS
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
+from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BATCH_ORDERS, BatchOrder
 
 # Client i draws its private problems with seed PRIVATE_SEED_OFFSET + seed + i: apart from the federated
 # recipe's public_seed (7), so a client's private problems are not drawn as the public ones are.
@@ -38,7 +39,11 @@ class FederatedClientsConfig:
         default=5000, metadata={"help": "Training-split problems of its level each client trains on."}
     )
     steps: int = field(default=600, metadata={"help": "Optimizer steps per client."})
-    batch_tokens: int = field(default=4096, metadata={"help": "Tokens per batch, padding included."})
+    batch_tokens: int = field(
+        default=4096,
+        metadata={"help": "Tokens per step: padding included by_length, real tokens when mixed."},
+    )
+    batch_order: BatchOrder = field(default="by_length", metadata={"help": BATCH_ORDER_HELP})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up, then cosine decay to 10%."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
@@ -63,6 +68,8 @@ class FederatedClientsConfig:
             raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
         if not self.client_levels or any(level not in LEVELS for level in self.client_levels):
             raise ValueError(f"client_levels={self.client_levels} must name levels of {sorted(LEVELS)}")
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(f"batch_order={self.batch_order!r} is not one of {sorted(BATCH_ORDERS)}")
         if self.steps < 1 or self.batch_tokens < 64 or self.private_problems < 1:
             raise ValueError("steps, batch_tokens and private_problems must be positive (batch_tokens >= 64)")
         if self.warmup_steps < 0 or self.eval_problems < 0 or self.eval_every < 1:
@@ -73,6 +80,8 @@ class FederatedClientsConfig:
         clients' levels too: it is measured on each) and the tokenizer's content
         (`base_student.tokenizer_fingerprint`): clients of another tokenizer cannot join one federation."""
         key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
+        if self.batch_order == "by_length":
+            del key["batch_order"]  # clients built before the field existed keep their directories
         key |= {"client": client, "tokenizer": tokenizer_id}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return Path(self.cache_dir) / f"demo-client-level{self.client_levels[client]}-{digest}"

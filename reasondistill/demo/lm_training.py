@@ -36,6 +36,9 @@ BATCH_ORDERS = {
     "mixed": "each step a random draw of examples, split by length into MIXED_MICRO_BATCHES "
     "micro-batches whose gradients add up (every level in every step, little padding)",
 }
+BATCH_ORDER_HELP = "How a step's examples are drawn: " + "; ".join(
+    f"{k}: {v}" for k, v in BATCH_ORDERS.items()
+)
 MIXED_MICRO_BATCHES = 3  # the demo's ~25 problems a step are 3 levels, about a third each
 
 

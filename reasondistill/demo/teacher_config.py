@@ -10,7 +10,7 @@ from typing import Literal
 
 from reasondistill.core.arithmetic_task import SOLUTION_STYLES, Problem, generate_problems
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
-from reasondistill.demo.lm_training import BATCH_ORDERS, BatchOrder
+from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BATCH_ORDERS, BatchOrder
 
 
 @dataclass
@@ -50,10 +50,7 @@ class TeacherConfig:
     eval_every: int = field(default=250, metadata={"help": "Steps between learning-curve evaluations."})
     batch_order: BatchOrder = field(
         default="mixed",
-        metadata={
-            "help": "How a step's examples are drawn: "
-            + "; ".join(f"{k}: {v}" for k, v in BATCH_ORDERS.items())
-        },
+        metadata={"help": BATCH_ORDER_HELP},
     )
     seed: int = field(default=0, metadata={"help": "Seeds data, initialisation and batching."})
 

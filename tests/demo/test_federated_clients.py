@@ -83,7 +83,14 @@ def test_build_trains_saves_and_is_reused(
     assert [(d / "model.safetensors").stat().st_mtime_ns for d in directories] == weights_mtime
 
     # keyed by what changes a client: its level, its seed, its training, the tokenizer ...
-    for changed in ({"client_levels": [2, 3]}, {"seed": 1}, {"steps": 5}, {"private_problems": 41}):
+    changes = (
+        {"client_levels": [2, 3]},
+        {"seed": 1},
+        {"steps": 5},
+        {"private_problems": 41},
+        {"batch_order": "mixed"},
+    )
+    for changed in changes:
         assert FederatedClientsConfig(cache_dir=config.cache_dir, **{**TINY, **changed}).directory(
             0, fingerprint
         ) not in (directories)
