@@ -1,9 +1,11 @@
 """The plain-PyTorch language-model loop that builds the demo's own models from scratch.
 
-The demo teacher (`teacher.py`, loss on the answer only) and the base student (`base_student.py`, loss
-on every token of plain text) are trained by this one loop: token-budget batches of similar-length
-examples, AdamW with linear warm-up then cosine decay to 10%, gradient clipping at 1.0. Plain PyTorch
-rather than a Trainer: on 2 CPU cores the Trainer's per-step overhead is a large share of a 20 ms step.
+The demo teacher (`teacher.py`, loss on the answer only), the base student (`base_student.py`, loss
+on every token of plain text) and the federated demo's clients are trained by this one loop: steps of
+about a token budget, in one of BATCH_ORDERS (the teacher mixed: steps of one length are steps of one
+level, and learned the task in twice the steps), AdamW with linear warm-up then cosine decay to 10%,
+gradient clipping at 1.0. Plain PyTorch rather than a Trainer: on 2 CPU cores the Trainer's per-step
+overhead is a large share of a 20 ms step.
 
 An example is `(token ids, prompt length)`: the first `prompt length` tokens carry no loss (0 for
 plain text).
