@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reasondistill.core.arithmetic_task import LEVELS
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
-from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BATCH_ORDERS, BatchOrder
+from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BatchOrder, check_batch_order
 
 # Client i draws its private problems with seed PRIVATE_SEED_OFFSET + seed + i: apart from the federated
 # recipe's public_seed (7), so a client's private problems are not drawn as the public ones are.
@@ -68,8 +68,7 @@ class FederatedClientsConfig:
             raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
         if not self.client_levels or any(level not in LEVELS for level in self.client_levels):
             raise ValueError(f"client_levels={self.client_levels} must name levels of {sorted(LEVELS)}")
-        if self.batch_order not in BATCH_ORDERS:
-            raise ValueError(f"batch_order={self.batch_order!r} is not one of {sorted(BATCH_ORDERS)}")
+        check_batch_order(self.batch_order)
         if self.steps < 1 or self.batch_tokens < 64 or self.private_problems < 1:
             raise ValueError("steps, batch_tokens and private_problems must be positive (batch_tokens >= 64)")
         if self.warmup_steps < 0 or self.eval_problems < 0 or self.eval_every < 1:

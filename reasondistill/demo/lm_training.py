@@ -44,6 +44,12 @@ BATCH_ORDER_HELP = "How a step's examples are drawn: " + "; ".join(
 MIXED_MICRO_BATCHES = 3  # the demo's ~25 problems a step are 3 levels, about a third each
 
 
+def check_batch_order(order: str) -> None:
+    """Refuse a batch order that is not one of BATCH_ORDERS (build configs call it as they are parsed)."""
+    if order not in BATCH_ORDERS:
+        raise ValueError(f"batch_order={order!r} is not one of {sorted(BATCH_ORDERS)}")
+
+
 @dataclass(frozen=True)
 class LMTrainingSettings:
     """How `train_causal_lm` trains: the optimiser, its schedule and the batches."""
@@ -99,16 +105,18 @@ def mixed_steps(
     """Endless stream of steps: each a random draw of about batch_tokens real tokens (epochs of
     shuffled examples), sorted by length and cut into MIXED_MICRO_BATCHES padded micro-batches."""
     step: list[Example] = []
+    step_tokens = 0
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
         for i in order:
-            if step and sum(len(t) for t, _ in step) + len(examples[i][0]) > batch_tokens:
+            if step and step_tokens + len(examples[i][0]) > batch_tokens:
                 step.sort(key=lambda example: len(example[0]))
                 size = math.ceil(len(step) / MIXED_MICRO_BATCHES)
                 yield [pad_batch(step[start : start + size], pad_id) for start in range(0, len(step), size)]
-                step = []
+                step, step_tokens = [], 0
             step.append(examples[i])
+            step_tokens += len(examples[i][0])
 
 
 def training_steps(

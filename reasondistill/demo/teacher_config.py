@@ -10,7 +10,7 @@ from typing import Literal
 
 from reasondistill.core.arithmetic_task import SOLUTION_STYLES, Problem, generate_problems
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
-from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BATCH_ORDERS, BatchOrder
+from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BatchOrder, check_batch_order
 
 
 @dataclass
@@ -57,8 +57,7 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         if self.size not in MODEL_SIZES:  # Literal is not checked at runtime
             raise ValueError(f"size={self.size!r} is not one of {sorted(MODEL_SIZES)}")
-        if self.batch_order not in BATCH_ORDERS:
-            raise ValueError(f"batch_order={self.batch_order!r} is not one of {sorted(BATCH_ORDERS)}")
+        check_batch_order(self.batch_order)
         if self.solution_style not in SOLUTION_STYLES:
             raise ValueError(f"solution_style={self.solution_style!r} is not one of {SOLUTION_STYLES}")
         if self.steps < 1 or self.batch_tokens < 64 or self.train_problems < 1:
