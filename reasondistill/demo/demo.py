@@ -4,9 +4,10 @@ Each stage is driven by its own recipe in the demo recipe directory (the same fi
 to the stage's command) and reads the previous stage's artifact from disk:
 
 1. teacher.yaml  -> build (or reuse) the demo teacher            -> model directory
-2. generate.yaml -> sample verified traces from it with vLLM     -> trace dataset
+2. generate.yaml -> sample verified traces from it with vLLM, and held-out traces on test prompts
+   (one engine for both)                                         -> trace datasets
 3. students.yaml + train.yaml -> one student per method and seed (SFT-only, CE + KD, ...), scored on held-out
-   problems and held-out teacher traces                         -> model directories + summary.json
+   problems and the held-out teacher traces                      -> model directories + summary.json
 4. quantize.yaml -> the best student as GGUF 4-bit and NF4, measured -> artifacts + table
 5. pdq.yaml (+ prune.yaml, train.yaml, quantize.yaml) -> the teacher pruned, distilled back on its
    traces and quantized, measured after each step                 -> model directories + table
@@ -36,6 +37,7 @@ from reasondistill.compress.quantize import (
 )
 from reasondistill.compress.quantize_config import QuantizeConfig
 from reasondistill.core.arithmetic_task import generate_problems
+from reasondistill.core.engines import LazyEngine
 from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
 from reasondistill.core.traces import trace_totals
@@ -81,7 +83,22 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     # Traces live beside the teacher they came from, so a rebuilt teacher never meets old traces.
     generate_config.output_dir = str(Path(generate_config.output_dir) / teacher_dir.name)
     generate_config.overwrite = True  # the demo's own directories: a changed recipe regenerates
-    traces_dir = generate(generate_config)
+    # Held-out traces: the teacher on test-split prompts, for the students' held-out CE and KD.
+    (heldout_config,) = parse_recipe(
+        recipe_path.parent / "generate.yaml",
+        (GenerateConfig,),
+        ["--teacher", str(teacher_dir), "--prompt_split", "test"]
+        + ["--num_prompts", str(students_config.heldout_prompts), "--num_samples", "1", "--keep", "all"]
+        + ["--output_dir", f"{generate_config.output_dir}-heldout"],
+    )
+    heldout_config.overwrite = True
+    # one engine start for both sets (about a minute with vLLM here), none if both are already written
+    engine = LazyEngine(generate_config)
+    try:
+        traces_dir = generate(generate_config, engine)
+        heldout_dir = generate(heldout_config, engine)
+    finally:
+        engine.close()
     totals = trace_totals(traces_dir)
     generated = totals.get("stats.generated", 0)
     logger.info(
@@ -90,22 +107,13 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         f"({totals.get('stats.graded_correct', 0) / max(generated, 1):.1%} correct at temperature "
         f"{generate_config.temperature}), {totals['completion_tokens']} completion tokens\n"
         f"  top-{generate_config.logprobs} logprobs stored at "
-        f"{totals['bytes_per_completion_token']} bytes/token"
+        f"{totals['bytes_per_completion_token']} bytes/token\n"
+        f"held-out traces (test prompts, all kept): {heldout_dir}"
     )
 
     logger.info(
         f"[3/6] distilled students ({recipe_path.parent}/students.yaml, {recipe_path.parent}/train.yaml)"
     )
-    # Held-out traces: the teacher on test-split prompts, for the students' held-out CE and KD.
-    (heldout_config,) = parse_recipe(
-        recipe_path.parent / "generate.yaml",
-        (GenerateConfig,),
-        ["--teacher", str(teacher_dir), "--prompt_split", "test"]
-        + ["--num_prompts", str(students_config.heldout_prompts), "--num_samples", "1", "--keep", "all"]
-        + ["--output_dir", str(Path(generate_config.output_dir).parent / f"{teacher_dir.name}-heldout")],
-    )
-    heldout_config.overwrite = True
-    heldout_dir = generate(heldout_config)
     results = train_students(students_config, recipe_path.parent, teacher_dir, traces_dir, heldout_dir)
     teacher, tokenizer = load_teacher(teacher_dir)
     problems = generate_problems("test", students_config.test_problems, students_config.test_levels, seed=1)

@@ -36,7 +36,7 @@ class TeacherConfig:
     )
     vocab_size: int = field(default=512, metadata={"help": "Tokenizer vocabulary, special tokens included."})
     train_problems: int = field(default=20000, metadata={"help": "Distinct training problems drawn."})
-    steps: int = field(default=750, metadata={"help": "Optimizer steps."})
+    steps: int = field(default=600, metadata={"help": "Optimizer steps."})
     batch_tokens: int = field(
         default=4096,
         metadata={"help": "Tokens per step: padding included by_length, real tokens when mixed."},

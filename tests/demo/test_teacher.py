@@ -52,7 +52,7 @@ def test_solution_style_builds_another_teacher_from_the_command_line(tmp_path, c
     # existed (the 1,000- and 1,500-step teachers, which the studies in docs/benchmarks.md name).
     assert TeacherConfig(steps=1000, batch_order="by_length").directory().name == "demo-teacher-dba4de7275"
     assert TeacherConfig(steps=1500, batch_order="by_length").directory().name == "demo-teacher-2dda572f0a"
-    assert TeacherConfig().directory().name == "demo-teacher-0592330f4e"
+    assert TeacherConfig().directory().name == "demo-teacher-7530151ab3"
     flags = [f"--{key}={value}" for key, value in TINY_TEACHER.items()]
     assert main([*flags, "--cache_dir", str(tmp_path), "--solution_style", "varied"]) == 0
     directory = capsys.readouterr().out.strip().splitlines()[-1]

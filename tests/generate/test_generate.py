@@ -1,6 +1,7 @@
 """Trace generation with the real vLLM (CPU build) and transformers on a small Qwen2 teacher."""
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pytest
 import torch
 from conftest import LOGPROB_ATOL, STORED_ATOL, forward_logprobs, generate_config
 
-from reasondistill.core.engines import SamplingConfig
+from reasondistill.core.engines import LazyEngine, SamplingConfig
 from reasondistill.core.traces import TraceFormatError, load_traces, read_topk
 from reasondistill.generate.generate import generate
 
@@ -95,6 +96,23 @@ def test_transformers_backend_writes_the_same_schema(tmp_path, hf_engine, tiny_m
     reference = forward_logprobs(tiny_model_dir, record["prompt_token_ids"], record["completion_token_ids"])
     ids, logprobs = read_topk(record)
     np.testing.assert_allclose(logprobs, reference.gather(1, torch.tensor(ids)).numpy(), atol=STORED_ATOL)
+
+
+def test_one_lazy_engine_serves_two_runs_and_loads_only_for_missing_shards(tmp_path, tiny_model_dir):
+    config = generate_config(tiny_model_dir, tmp_path / "train", backend="transformers", num_prompts=3)
+    heldout = dataclasses.replace(config, output_dir=str(tmp_path / "heldout"), prompt_split="test")
+    engine = LazyEngine(config)
+    assert engine.loaded is None
+    generate(config, engine)
+    first = engine.loaded
+    generate(heldout, engine)
+    assert first is not None and engine.loaded is first  # one load for both runs
+    assert len(load_traces(tmp_path / "heldout")) == 6
+    engine.close()
+    again = LazyEngine(config)
+    generate(config, again)
+    generate(heldout, again)
+    assert again.loaded is None  # every shard already written: no engine start
 
 
 def test_scoring_mode_scores_existing_completions(tmp_path, vllm_engine, tiny_model_dir):
