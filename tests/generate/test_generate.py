@@ -185,6 +185,7 @@ def test_sigkill_mid_run_then_restart_gives_every_record_once(tmp_path, tiny_mod
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"teacher: {tiny_model_dir}\ndtype: float32\nmax_model_len: 512\ngpu_memory_utilization: 0.2\n"
+        f"enforce_eager: true\n"
         f"logprobs: 4\nprompts: task:arithmetic\nnum_prompts: 40\ninstruction: null\nnum_samples: 2\n"
         f"temperature: 1.0\ntop_p: 1.0\nmax_tokens: 16\nanswer_type: number\nkeep: all\n"
         f"drop_truncated: false\n"
