@@ -77,11 +77,11 @@ def engine_settings(model_dir: Path) -> dict:
     )
 
 
-def open_engine(model_dir: Path, prompts):
+def open_engine(model_dir: Path, prompts, eager: bool):
     """A vLLM engine on model_dir, its tokenizer, and the prompts' chat-template token ids."""
     from reasondistill.core.engines import EngineConfig, VllmEngine
 
-    engine = VllmEngine(EngineConfig(**engine_settings(model_dir)))
+    engine = VllmEngine(EngineConfig(**engine_settings(model_dir), enforce_eager=eager))
     tokenizer = engine.llm.get_tokenizer()
     prompt_ids = [
         tokenizer(render_prompt(tokenizer, p.question, None, None, False), add_special_tokens=False)[
@@ -251,6 +251,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs per rate (the best counts)")
     parser.add_argument("--storage-tokens", type=int, default=400, help="longest trace of the storage table")
+    parser.add_argument(
+        "--eager", action="store_true", help="vLLM without torch.compile: a faster start, slower decoding"
+    )
     args = parser.parse_args()
     setup_logging("warning")  # the tables are the output; third-party start-up chatter stays down
     os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(".cache/reasondistill/vllm").resolve()))
@@ -267,7 +270,7 @@ def main() -> None:
             )
         storage = []
         for name, model_dir in (models[chosen] for chosen in args.models):
-            engine, tokenizer, prompt_ids = open_engine(model_dir, prompts)
+            engine, tokenizer, prompt_ids = open_engine(model_dir, prompts, args.eager)
             try:
                 rows = measure_model(model_dir, engine, tokenizer, prompt_ids, prompts, args)
                 if model_dir == teacher:

@@ -9,6 +9,7 @@ import yaml
 from reasondistill import cli
 from reasondistill.cli import STAGES, main
 from reasondistill.core.recipe import PACKAGE_DIR
+from reasondistill.core.traces import load_traces
 
 SCRIPT = Path(sys.executable).parent / "reasondistill"  # the console script pip installed
 DEMO = PACKAGE_DIR / "recipes" / "demo"  # the demo's recipes, shipped in the package
@@ -199,6 +200,8 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     assert (teacher_dir / "model.safetensors").exists()
     traces = tmp_path / shipped["output_dir"] / teacher_dir.name
     assert (traces / "README.md").exists() and len(list(traces.glob("data/*.parquet"))) == 2
+    heldout = traces.parent / f"{teacher_dir.name}-heldout"  # sampled by the same engine (LazyEngine)
+    assert len(load_traces(heldout)) == 4
     summary = json.loads((tmp_path / students["output_dir"] / teacher_dir.name / "summary.json").read_text())
     assert sorted((s["method"], s["seed"]) for s in summary["students"]) == [("kd", 0), ("sft", 0)]
 

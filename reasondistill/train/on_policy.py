@@ -129,6 +129,7 @@ def load_teacher_scorer(
         dtype=str(dtype).removeprefix("torch."),
         max_model_len=max_model_len,
         gpu_memory_utilization=args.on_policy_vllm_gpu_memory_utilization,
+        enforce_eager=args.on_policy_vllm_enforce_eager,
         logprobs=args.on_policy_topk,
         seed=args.seed,
     )

@@ -59,6 +59,7 @@ class VllmLoraSampler:
                 dtype=str(model.get_base_model().dtype).removeprefix("torch."),
                 max_model_len=max_model_len,
                 gpu_memory_utilization=sampling.gpu_memory_utilization,
+                enforce_eager=sampling.enforce_eager,
                 enable_lora=True,
                 max_lora_rank=vllm_ranks[0],
                 max_loras=1,

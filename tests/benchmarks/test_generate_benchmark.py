@@ -12,9 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "generate.py"
 
 
 def test_generate_benchmark_prints_its_tables(tiny_model_dir):
-    """One vLLM engine on the tiny model (the random ~80M model left out), 4 prompts x 8 tokens, one run."""
+    """One eager vLLM engine on the tiny model (not the random ~80M one), 4 prompts x 8 tokens, one run."""
     command = [sys.executable, str(SCRIPT), "--teacher", str(tiny_model_dir), "--models", "teacher"]
-    command += ["--prompts", "4", "--max-tokens", "8", "--repeats", "1", "--storage-tokens", "16"]
+    command += ["--prompts", "4", "--max-tokens", "8", "--repeats", "1", "--storage-tokens", "16", "--eager"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout

@@ -638,8 +638,11 @@ def test_on_policy_with_vllm_follows_the_lora_student_and_scores_like_transforme
         on_policy_temperature=0.0,  # greedy: vLLM and transformers must pick the same tokens
         on_policy_student_backend="vllm",
         on_policy_teacher_backend="vllm",
+        on_policy_vllm_enforce_eager=True,  # a faster start; the default (compiled) runs in the next test
     )
     assert isinstance(trainer.student_sampler, VllmLoraSampler)
+    for llm in (trainer.student_sampler.llm, trainer.teacher_scorer.llm):
+        assert llm.llm_engine.vllm_config.model_config.enforce_eager
     student = trainer.accelerator.unwrap_model(trainer.model)
     prompts = [offline["input_ids"][b, :n].tolist() for b, n in enumerate(offline["prompt_lengths"].tolist())]
     reference = TransformersSampler(args.student_sampling(), pad_token_id=0)
@@ -798,6 +801,7 @@ def test_accelerate_two_processes_sample_on_policy_with_vllm(
         on_policy_max_new_tokens=6,
         on_policy_vllm_gpu_memory_utilization=0.1,
         on_policy_student_backend="vllm",
+        on_policy_vllm_enforce_eager=True,
     )
     launch_two_processes(on_policy, tmp_path)
     logs = [
