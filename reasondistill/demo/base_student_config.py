@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
+from reasondistill.demo.lm_training import build_digest
 
 
 @dataclass
@@ -56,7 +55,4 @@ class BaseStudentConfig:
         `tokenizer_id` names the tokenizer's exact content (`base_student.tokenizer_fingerprint`):
         the base student is only usable by students that share its tokenizer.
         """
-        key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
-        key["tokenizer"] = tokenizer_id
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-        return Path(self.cache_dir) / f"demo-base-{self.size}-{digest}"
+        return Path(self.cache_dir) / f"demo-base-{self.size}-{build_digest(self, tokenizer=tokenizer_id)}"

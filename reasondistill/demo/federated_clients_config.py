@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reasondistill.core.arithmetic_task import LEVELS
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
-from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BatchOrder, check_batch_order
+from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BatchOrder, build_digest, check_batch_order
 
 # Client i draws its private problems with seed PRIVATE_SEED_OFFSET + seed + i: apart from the federated
 # recipe's public_seed (7), so a client's private problems are not drawn as the public ones are.
@@ -78,9 +76,5 @@ class FederatedClientsConfig:
         """Cache directory of client `client`, keyed by its index, every field that changes the result (all
         clients' levels too: it is measured on each) and the tokenizer's content
         (`base_student.tokenizer_fingerprint`): clients of another tokenizer cannot join one federation."""
-        key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
-        if self.batch_order == "by_length":
-            del key["batch_order"]  # clients built before the field existed keep their directories
-        key |= {"client": client, "tokenizer": tokenizer_id}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        digest = build_digest(self, client=client, tokenizer=tokenizer_id)
         return Path(self.cache_dir) / f"demo-client-level{self.client_levels[client]}-{digest}"

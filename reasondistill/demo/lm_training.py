@@ -13,13 +13,14 @@ plain text).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -42,6 +43,22 @@ BATCH_ORDER_HELP = "How a step's examples are drawn: " + "; ".join(
     f"{k}: {v}" for k, v in BATCH_ORDERS.items()
 )
 MIXED_MICRO_BATCHES = 3  # the demo's ~25 problems a step are 3 levels, about a third each
+# fields that came after models were cached, at their first value: left out of the cache key, so those
+# models keep their directories
+FIELDS_ADDED_LATER = {"batch_order": "by_length", "solution_style": "fixed"}
+
+
+def build_digest(config, **extra: object) -> str:
+    """10 hex digits of the settings that change a built model: every field of the build config `config`
+    (a dataclass) but where it is cached and how often it reports (a field of FIELDS_ADDED_LATER at its
+    first value left out), plus `extra` (e.g. the tokenizer's fingerprint)."""
+    key = {
+        name: value
+        for name, value in asdict(config).items()
+        if name not in ("cache_dir", "eval_every") and FIELDS_ADDED_LATER.get(name, object()) != value
+    }
+    key |= extra
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def check_batch_order(order: str) -> None:

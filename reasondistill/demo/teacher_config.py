@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from reasondistill.core.arithmetic_task import SOLUTION_STYLES, Problem, generate_problems
 from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
-from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BatchOrder, check_batch_order
+from reasondistill.demo.lm_training import BATCH_ORDER_HELP, BatchOrder, build_digest, check_batch_order
 
 
 @dataclass
@@ -69,10 +67,4 @@ class TeacherConfig:
 
     def directory(self) -> Path:
         """Cache directory keyed by every field that changes the result."""
-        key = {k: v for k, v in asdict(self).items() if k not in ("cache_dir", "eval_every")}
-        if self.solution_style == "fixed":
-            del key["solution_style"]  # teachers built before the field existed keep their directory
-        if self.batch_order == "by_length":
-            del key["batch_order"]  # the same, for the field's first value
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-        return Path(self.cache_dir) / f"demo-{self.size}-{digest}"
+        return Path(self.cache_dir) / f"demo-{self.size}-{build_digest(self)}"
