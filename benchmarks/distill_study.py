@@ -38,6 +38,10 @@ Studies:
 the setting for every arm; students of another trace count live in OUTPUT_DIR/students-<n>traces.
 
 Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the table, and the command).
+`--report` also writes the evaluation report users read (`reasondistill evaluate` with
+recipes/demo/evaluate.yaml: pass@1 over samples, maj@k, plots, and each student's per-token divergence
+from the teacher) of the teacher, every seed of the baseline (the first method) and every seed of the
+method with the best mean exact match, in OUTPUT_DIR/STUDY-report/.
 `--merge-with OTHER/STUDY.json` adds the students of another run of the study (other seeds, trained
 with another --output-dir) to the tables, the plot and STUDY.json, paired by seed as this run's. Only
 the teacher's score on the problems is checked; that both runs used the same recipes (train.yaml, the
@@ -73,6 +77,7 @@ from reasondistill.demo.students import (
 )
 from reasondistill.demo.students_config import AFTER, STUDENT_TOKENIZER, StudentsConfig
 from reasondistill.demo.teacher import load_teacher
+from reasondistill.evaluate.evaluate import run_evaluate
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import load_trace_dataset
@@ -267,6 +272,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="other seeds of this study (run with another --output-dir): their students join the tables "
         "and plot, paired by seed",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also the evaluation report of the teacher, the baseline and the best method "
+        "(OUTPUT_DIR/STUDY-report)",
+    )
     return parser.parse_args(argv)
 
 
@@ -283,6 +294,36 @@ def merged_students(paths: list[str], teacher: list[float]) -> list[StudentResul
             )
         students += [StudentResult(**student) for student in summary["students"]]
     return students
+
+
+def report_students(results: list[StudentResult]) -> list[StudentResult]:
+    """Every seed of the baseline (the first arm: the first method of the first start) and of the arm
+    with the best mean exact match; an arm is a start's method (its directory's parent and method)."""
+
+    def arm(result: StudentResult) -> tuple[str, str]:
+        return Path(result.directory).parent.name, result.method
+
+    arms: dict[tuple[str, str], list[StudentResult]] = {}
+    for result in results:
+        arms.setdefault(arm(result), []).append(result)
+    best = max(arms, key=lambda key: statistics.fmean(r.accuracy for r in arms[key]))
+    return [r for key in dict.fromkeys([arm(results[0]), best]) for r in arms[key]]
+
+
+def write_study_report(study: str, results: list[StudentResult], args: argparse.Namespace) -> None:
+    """The evaluation stage's report (`reasondistill evaluate`) of the teacher and `report_students`."""
+    students = report_students(results)
+    starts = {Path(r.directory).parent.name for r in students}
+    names = [
+        f"{r.method} seed {r.seed}" + (f" ({Path(r.directory).parent.name})" if len(starts) > 1 else "")
+        for r in students
+    ]
+    report_dir = Path(args.output_dir) / f"{study}-report"
+    run_evaluate(
+        Path(args.recipes) / "evaluate.yaml",
+        ["--model", args.teacher, *(r.directory for r in students), "--model_name", "teacher", *names]
+        + ["--divergence_teacher", args.teacher, "--output_dir", str(report_dir), "--overwrite", "true"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     best = max(results, key=lambda r: r.accuracy)
     method_mean = statistics.fmean(r.accuracy for r in results if r.method == best.method)
     kept = f" ({best.accuracy / teacher_accuracy:.0%} of the teacher)" if teacher_accuracy else ""
+    if args.report:
+        write_study_report(args.study, results, args)
     print(text)
     print(
         f"\nteacher {teacher_accuracy:.1%}; best student {best.method} seed {best.seed} {best.accuracy:.1%}"

@@ -33,6 +33,12 @@ def study_command(study: str, teacher: Path, tmp_path: Path) -> list[str]:
         "learning_rate: 1.0e-3\nreport_to: none\nsave_strategy: 'no'\nlogging_steps: 1\n"
         "on_policy_max_new_tokens: 8\ntraces: unset\noutput_dir: unset\n"
     )
+    # `--report`'s evaluation: greedy, few problems and tokens (the demo's recipe samples 4 x 400 tokens)
+    (recipes / "evaluate.yaml").write_text(
+        "backend: transformers\ndtype: float32\nbenchmark: [arithmetic]\nnum_problems: 2\nnum_samples: 1\n"
+        "temperature: 0.0\nmax_tokens: 16\ndivergence_examples: 1\ndivergence_problems: 2\n"
+        "divergence_max_tokens: 16\noutput_dir: unset\n"
+    )
     command = [sys.executable, str(SCRIPT), study, "--teacher", str(teacher), "--traces", str(traces)]
     return command + ["--heldout", str(heldout), "--recipes", str(recipes), "--test-problems", "2"]
 
@@ -109,11 +115,23 @@ def test_on_policy_study_chains_on_a_trace_subset(tiny_model_dir, tmp_path):
     assert new_prompts["compute"]["on_policy_steps"] == 2
     recorded = (Path(new_prompts["directory"]) / "train_recipe.yaml").read_text()
     assert "on_policy_prompts: task:arithmetic" in recorded and "on_policy_num_prompts: 8" in recorded
-    # a subset, with the methods it chains onto; the students above are reused
+    # a subset, with the methods it chains onto; the students above are reused; with the evaluation
+    # report of the teacher, the baseline (kd, the first) and the best method
     rerun = subprocess.run(
-        [*command, "--methods", "kd-then-on-policy-new-prompts"], capture_output=True, text=True, timeout=900
+        [*command, "--methods", "kd-then-on-policy-new-prompts", "--report"],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     subset = json.loads((tmp_path / "study" / "on_policy.json").read_text())["students"]
     assert [s["method"] for s in subset] == ["kd", "kd-then-on-policy-new-prompts"]
     assert subset[1]["accuracy"] == new_prompts["accuracy"]
+    best = max(subset, key=lambda s: s["accuracy"])["method"]
+    report = tmp_path / "study" / "on_policy-report"
+    runs = json.loads((report / "results.json").read_text())["runs"]
+    shown = ["teacher", "kd seed 0"] + ([f"{best} seed 0"] if best != "kd" else [])
+    assert [r["model"] for r in runs] == shown
+    assert {r["num_problems"] for r in runs} == {2}
+    text = (report / "report.md").read_text()
+    assert "kd seed 0" in text and list(report.glob("divergence_*kd_seed_0*.png"))
