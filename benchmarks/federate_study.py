@@ -1,10 +1,12 @@
 """Federated distillation measured (issue #17): the global student per round against each client alone,
-a student distilled on the union of the clients' data (upper bound) and one on the public set alone.
+FedAvg of LoRA adapters (the usual baseline), a student distilled on the union of the clients' data (upper
+bound) and one on the public set alone.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/federate_study.py --tokenizer-dir TEACHER_DIR \
         [--federate-recipe recipes/demo/federated.yaml] \
         [--clients-recipe recipes/demo/federated_clients.yaml] \
-        [--train-recipe RECIPE] [--seeds 0 1] [--num-rounds N] [--prompts-per-round N] \
+        [--train-recipe RECIPE] [--fedavg-train-recipe recipes/demo/fedavg_lora_train.yaml] \
+        [--seeds 0 1] [--num-rounds N] [--prompts-per-round N] \
         [--test-problems 100] [--output-dir outputs/federate_study]
 
 Arms (every student arm starts, for a seed, from the same fresh student-size model initialised with that
@@ -27,14 +29,21 @@ seed, and trains round by round with the same train recipe, its seed set to the 
 - public-ce (control, no client): CE only (kd_weight 0) on the federation's consensus datasets, i.e. on
   the public set's completions. The demo's public completions are the task's worked solutions, so CE on
   them already teaches the task; this row shows what the clients' soft labels add beyond them.
-- Not done: FedAvg of LoRA adapters on Flower (issue #17's usual baseline; federate distils full students,
-  and no FedAvg path is built).
+- fedavg-lora (baseline): FedAvg of LoRA adapters on Flower (`federate.fedavg_lora`) on the same initial
+  student: each round every client trains the global adapter on its own private problems' worked solutions
+  (all of them, as text: CE only, with --fedavg-train-recipe) and sends it back; the server averages the
+  adapters weighted by the clients' example counts; the global student per round is the student with that
+  adapter merged. Budget: the same rounds, and local steps x clients = the server's distillation steps per
+  round (3 x 84 against 250, batches of 16 both); it trains only the adapter (LoRA on every projection), on
+  far more text (each client's 5,000 problems) than the federation's 128 public prompts a round. Bytes: what
+  the clients sent (their adapters; the server's broadcast of the global adapter, as large per client, is
+  in federate.json), counted from the messages (`round.json`).
 
 Scored by greedy exact match on --test-problems test problems of each client level (test split, seed 1:
 no training problem of any arm is among them, the split is a hash of the arithmetic content). The table
 gives mean ± sd over seeds with a 95% interval over seeds and problems, per level, bytes, and the final
-global student minus the best single client, the union and the public-ce control, paired by seed and
-problem (`seed_problem_bootstrap`). Finished federations, pooled data, students and their scores are
+global student minus the best single client, fedavg-lora, the union and the public-ce control, paired by
+seed and problem (`seed_problem_bootstrap`). Finished federations, pooled data, students and their scores are
 reused on a rerun, so seeds can run as separate processes side by side (each `--seeds S`, the same
 OUTPUT_DIR) and one more call with every seed writes the table.
 
@@ -60,6 +69,7 @@ import numpy as np
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from reasondistill.compress.merge import merge_adapter
 from reasondistill.core.arithmetic_task import Problem, generate_problems
 from reasondistill.core.logs import setup_logging
 from reasondistill.core.markdown_table import markdown_table
@@ -73,9 +83,11 @@ from reasondistill.demo.students import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, pai
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.federate.client_app import soft_labels_for
 from reasondistill.federate.consensus import consensus_records, write_consensus
+from reasondistill.federate.fedavg_lora import ADAPTER_DIR, FedAvgRound, fedavg_lora, write_client_text
+from reasondistill.federate.fedavg_lora_config import FedAvgLoraConfig
 from reasondistill.federate.federate import federate
 from reasondistill.federate.federate_config import FederateConfig
-from reasondistill.federate.public_set import load_public_set
+from reasondistill.federate.public_set import PublicExample, load_public_set
 from reasondistill.federate.rounds import CONSENSUS_DIR, STUDENT_DIR, RoundRecord, round_dir
 from reasondistill.federate.server_app import PublicSide, consensus_info, distil_round
 from reasondistill.federate.soft_labels import REQUEST, request_content
@@ -84,15 +96,16 @@ logger = logging.getLogger("reasondistill.benchmarks.federate_study")
 
 STUDY = "federate"
 TEST_SEED = 1  # the demo students' test problems' seed
-FEDERATED, UNION, PUBLIC_CE = "federated", "union", "public-ce"
+FEDERATED, FEDAVG_LORA, UNION, PUBLIC_CE = "federated", "fedavg-lora", "union", "public-ce"
 POOLED_DIR = "pooled"  # a union round's trace dataset
+MERGED_DIR = "merged"  # a fedavg-lora round's student: the global adapter merged into the initial student
 
 
 @dataclass
 class Measured:
     """One model's greedy exact match on every test problem, in the order of the study's problems."""
 
-    arm: str  # client-i, federated, union or public-ce
+    arm: str  # client-i, federated, fedavg-lora, union or public-ce
     round: int  # the round whose student it is; 0 for a client
     seed: int | None  # None: a client, the same model for every seed
     directory: str
@@ -117,6 +130,67 @@ def round_bytes(config: FederateConfig) -> list[int]:
     ]
 
 
+def private_examples(
+    config: FederateConfig,
+    clients: FederatedClientsConfig,
+    client: int,
+    total: int,
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[list[PublicExample], dict]:
+    """Client `client`'s first `total` private training problems with their worked solutions, tokenized as
+    the public set is, and the settings they were drawn under (checked to be the client's own problems)."""
+    settings = config.recipe_settings() | {
+        "public-task-levels": [clients.client_levels[client]],
+        "public-seed": PRIVATE_SEED_OFFSET + clients.seed + client,
+        "public-num-prompts": total,
+        "dp-noise-multiplier": 0.0,  # the union arm's labels: the non-private bound
+    }
+    examples = list(load_public_set(settings, tokenizer).values())
+    owned = [p.id for p in private_problems(clients, client)[:total]]
+    if [e.prompt_id for e in examples] != owned:  # guards both arms: it must be the clients' own data
+        raise RuntimeError(f"client-{client}: the problems drawn are not its private training problems")
+    return examples, settings
+
+
+def client_text_data(
+    config: FederateConfig, clients: FederatedClientsConfig, client_count: int, out: Path
+) -> list[str]:
+    """The fedavg-lora arm's client data: each client's private problems (all it trained on) with their
+    worked solutions, as text only (`write_client_text`), written once and reused."""
+    tokenizer = AutoTokenizer.from_pretrained(config.student)
+    vocab_size = AutoConfig.from_pretrained(config.student).vocab_size
+    datasets = []
+    for client in range(client_count):
+        directory = out / f"client-{client}"
+        if not (directory / "README.md").exists():  # the card is written last: the dataset is complete
+            examples, _ = private_examples(config, clients, client, clients.private_problems, tokenizer)
+            write_client_text(directory, examples, tokenizer, vocab_size, f"client-{client}")
+        datasets.append(str(directory))
+    return datasets
+
+
+def fedavg_students(config: FedAvgLoraConfig) -> list[Path]:
+    """Each round's global student of a finished FedAvg-LoRA run: its adapter merged into the initial
+    student (reused once merged; the tokenizer is written last)."""
+    students = []
+    for r in range(1, config.num_rounds + 1):
+        merged = round_dir(config.output_dir, r) / MERGED_DIR
+        if not (merged / "tokenizer_config.json").exists():
+            merge_adapter(round_dir(config.output_dir, r) / ADAPTER_DIR, merged)
+        students.append(merged)
+    return students
+
+
+def fedavg_bytes(config: FedAvgLoraConfig) -> dict[str, list[int]]:
+    """Bytes the clients sent (their adapters) and the server sent (the global adapter) in each round, as
+    the round records counted them from the messages."""
+    records = [FedAvgRound.load(round_dir(config.output_dir, r)) for r in range(1, config.num_rounds + 1)]
+    return {
+        "clients_sent": [sum(record.bytes_received.values()) for record in records],
+        "server_sent": [sum(record.bytes_sent.values()) for record in records],
+    }
+
+
 def pool_private_data(
     config: FederateConfig, clients: FederatedClientsConfig, client_dirs: list[Path], out: Path
 ) -> tuple[list[Path], list[int]]:
@@ -130,18 +204,8 @@ def pool_private_data(
     datasets, sent = [], [0] * config.num_rounds
     records_by_round: list[list[dict]] = [[] for _ in range(config.num_rounds)]
     for client, (model_dir, share) in enumerate(zip(client_dirs, shares, strict=True)):
-        name, total = f"client-{client}", share * config.num_rounds
-        # the settings under which the public-set loader draws this client's private problems
-        settings = config.recipe_settings() | {
-            "public-task-levels": [clients.client_levels[client]],
-            "public-seed": PRIVATE_SEED_OFFSET + clients.seed + client,
-            "public-num-prompts": total,
-            "dp-noise-multiplier": 0.0,  # pooled data is the non-private bound
-        }
-        examples = list(load_public_set(settings, tokenizer).values())
-        owned = [p.id for p in private_problems(clients, client)[:total]]
-        if [e.prompt_id for e in examples] != owned:  # guards the bound: it must be the clients' own data
-            raise RuntimeError(f"{name}: the pooled problems are not its private training problems")
+        name = f"client-{client}"
+        examples, settings = private_examples(config, clients, client, share * config.num_rounds, tokenizer)
         for r in range(config.num_rounds):
             chosen = examples[r * share : (r + 1) * share]
             request = request_content(r + 1, [e.prompt_id for e in chosen], settings)[REQUEST]
@@ -215,8 +279,8 @@ def summary_table(
     sent: dict[str, list[float]],
 ) -> str:
     """Each model's exact match overall and per level and the bytes it cost (per round: the last round's),
-    then the final global student minus the best client, the union and the public-ce control, paired by
-    seed and problem."""
+    then the final global student minus the best client, fedavg-lora, the union and the public-ce control,
+    paired by seed and problem."""
     levels = sorted(set(problem_levels.tolist()))
     header = ["model", "seeds", "exact match ± sd [95% CI]", *(f"level {lv}" for lv in levels)]
     header += ["bytes sent, round", "bytes sent, total"]
@@ -235,16 +299,16 @@ def summary_table(
     rows = []
     for client in clients:  # a client alone sends nothing
         rows.append(row(f"{client} alone", scores_of(measured, client, 0, seeds[:1]), "0", "0"))
-    for r in range(1, rounds + 1):
-        bytes_so_far = f"{sum(sent[FEDERATED][:r]):,.0f}"
-        rows.append(
-            row(
-                f"federated, round {r}",
-                scores_of(measured, FEDERATED, r, seeds),
-                f"{sent[FEDERATED][r - 1]:,.0f}",
-                bytes_so_far,
+    for arm in (FEDERATED, FEDAVG_LORA):
+        for r in range(1, rounds + 1):
+            rows.append(
+                row(
+                    f"{arm}, round {r}",
+                    scores_of(measured, arm, r, seeds),
+                    f"{sent[arm][r - 1]:,.0f}",
+                    f"{sum(sent[arm][:r]):,.0f}",
+                )
             )
-        )
     union = scores_of(measured, UNION, rounds, seeds)
     rows.append(
         row(
@@ -259,14 +323,15 @@ def summary_table(
     best = max(clients, key=lambda c: float(scores_of(measured, c, 0, seeds[:1]).mean()))
     final = scores_of(measured, FEDERATED, rounds, seeds)
     rows.append(paired(f"federated − best client ({best})", final, scores_of(measured, best, 0, seeds)))
+    rows.append(paired("federated − fedavg-lora", final, scores_of(measured, FEDAVG_LORA, rounds, seeds)))
     rows.append(paired("federated − union", final, union))
     rows.append(paired("federated − public-ce", final, public_ce))
     return markdown_table(header, rows, numeric=range(1, len(header)))
 
 
 def plot_rounds(measured: list[Measured], seeds: list[int], rounds: int, path: Path) -> None:
-    """The global student's exact match per round (mean, 95% interval over seeds and problems) beside the
-    final union and public-ce students and each client alone (flat lines)."""
+    """The global student's exact match per round, federated and fedavg-lora (mean, 95% interval over seeds
+    and problems), beside the final union and public-ce students and each client alone (flat lines)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,15 +339,16 @@ def plot_rounds(measured: list[Measured], seeds: list[int], rounds: int, path: P
 
     figure, axes = plt.subplots(figsize=(8, 4))
     x = list(range(1, rounds + 1))
-    points = [
-        seed_problem_bootstrap(scores_of(measured, FEDERATED, r, seeds), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
-        for r in x
-    ]
-    means, lows, highs = (100 * np.array(column) for column in zip(*points, strict=True))
-    axes.plot(x, means, marker="o", label="federated global student")
-    axes.fill_between(x, lows, highs, alpha=0.2)
-    references = [(UNION, rounds, "--", "C1", "union of the clients' data (final)")]
-    references.append((PUBLIC_CE, rounds, ":", "C2", "public-ce, no client (final)"))
+    for arm, label in ((FEDERATED, "federated global student"), (FEDAVG_LORA, "fedavg-lora global student")):
+        points = [
+            seed_problem_bootstrap(scores_of(measured, arm, r, seeds), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
+            for r in x
+        ]
+        means, lows, highs = (100 * np.array(column) for column in zip(*points, strict=True))
+        axes.plot(x, means, marker="o", label=label)
+        axes.fill_between(x, lows, highs, alpha=0.2)
+    references = [(UNION, rounds, "--", "C2", "union of the clients' data (final)")]
+    references.append((PUBLIC_CE, rounds, ":", "C3", "public-ce, no client (final)"))
     clients = sorted({m.arm for m in measured if m.seed is None})
     references += [(arm, 0, "-.", "grey", f"{arm} alone") for arm in clients]
     for arm, r, style, color, label in references:
@@ -306,6 +372,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--federate-recipe", default="recipes/demo/federated.yaml")
     parser.add_argument("--clients-recipe", default="recipes/demo/federated_clients.yaml")
     parser.add_argument("--train-recipe", help="every arm's train recipe; default: the federate recipe's")
+    parser.add_argument(
+        "--fedavg-train-recipe",
+        default="recipes/demo/fedavg_lora_train.yaml",
+        help="the fedavg-lora clients' local training (use_peft; max_steps per round)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--num-rounds", type=int, help="default: the federate recipe's")
     parser.add_argument("--prompts-per-round", type=int, help="default: the federate recipe's")
@@ -337,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     union_data: list[Path] | None = None
     union_bytes: list[int] = []
     federated_bytes: dict[int, list[int]] = {}  # seed -> bytes the server received per round
+    fedavg_sent: dict[int, dict[str, list[int]]] = {}  # seed -> bytes each way per round
+    client_text: list[str] | None = None
     for seed in args.seeds:
         init = out / f"init-student-seed{seed}"
         save_initial_model("student", tokenizer, init, seed)
@@ -358,6 +431,28 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=str(out / f"{PUBLIC_CE}-seed{seed}"),
             train_recipe=train_recipe_for(train_recipe, recipes, seed, kd_weight=0.0),
         )
+        if client_text is None:  # the clients' own text does not depend on the seed: written once
+            client_text = client_text_data(federated, clients, len(client_dirs), out / "fedavg-lora-data")
+        fedavg = FedAvgLoraConfig(
+            output_dir=str(out / f"{FEDAVG_LORA}-seed{seed}"),
+            student=str(init),
+            train_recipe=train_recipe_for(args.fedavg_train_recipe, recipes / FEDAVG_LORA, seed),
+            client_data=client_text,
+            num_rounds=rounds,
+            min_clients=recipe.min_clients,
+            round_timeout=recipe.round_timeout,
+            num_cpus_per_client=recipe.num_cpus_per_client,
+            simulation_num_cpus=recipe.simulation_num_cpus,
+            seed=seed,
+        )
+        fedavg_lora(fedavg)
+        fedavg_sent[seed] = fedavg_bytes(fedavg)
+        for r, student in enumerate(fedavg_students(fedavg), start=1):
+            measured.append(
+                Measured(
+                    FEDAVG_LORA, r, seed, str(student), exact_match(student, tokenizer, problems, scored)
+                )
+            )
         consensus = [round_dir(federated.output_dir, r) / CONSENSUS_DIR for r in range(1, rounds + 1)]
         finals = {
             UNION: distil_rounds(union, union_data),
@@ -375,7 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("seed %d measured", seed)
 
     problem_levels = np.array([p.level for p in problems])
-    sent = {FEDERATED: list(np.mean(list(federated_bytes.values()), axis=0)), UNION: union_bytes}
+    sent = {
+        FEDERATED: list(np.mean(list(federated_bytes.values()), axis=0)),
+        FEDAVG_LORA: list(np.mean([b["clients_sent"] for b in fedavg_sent.values()], axis=0)),
+        UNION: union_bytes,
+    }
     table = summary_table(measured, problem_levels, args.seeds, rounds, sent)
     command = shlex.join(
         [".venv/bin/python", "benchmarks/federate_study.py", *(sys.argv[1:] if argv is None else argv)]
@@ -383,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"Command: `{command}`\n\n{table}"
     data = {
         "problems": [{"id": p.id, "level": p.level} for p in problems],
-        "bytes_per_round": {FEDERATED: federated_bytes, UNION: union_bytes},
+        "bytes_per_round": {FEDERATED: federated_bytes, FEDAVG_LORA: fedavg_sent, UNION: union_bytes},
         "models": [dataclasses.asdict(m) for m in measured],
     }
     write_results(out, STUDY, data, text)

@@ -13,7 +13,6 @@ ClientApp run unchanged under `flwr run` against a SuperLink (docs/federate.md).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -21,19 +20,16 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from reasondistill.core.recipe import parse_recipe
-from reasondistill.core.run_reuse import check_run_dir, finish_run, start_run
+from reasondistill.core.run_reuse import check_run_dir, run_unless_done
 from reasondistill.federate.client_app import build_client_app
+from reasondistill.federate.fedavg_lora_config import FedAvgLoraConfig
 from reasondistill.federate.federate_config import FederateConfig
-from reasondistill.federate.server_app import build_server_app
+from reasondistill.federate.server_app import RECIPE_FILE, build_server_app
 from reasondistill.federate.unlearning import forget_clients
 
-logger = logging.getLogger(__name__)
 
-RECIPE_FILE = "federate_recipe.yaml"
-
-
-def simulation_backend(config: FederateConfig) -> dict:
-    """Flower's Ray backend settings: CPUs per client process, and in all."""
+def simulation_backend(config: FederateConfig | FedAvgLoraConfig) -> dict:
+    """Flower's Ray backend settings: CPUs per client process, and in all (federation or FedAvg-LoRA)."""
     init_args = {} if config.simulation_num_cpus is None else {"num_cpus": config.simulation_num_cpus}
     return {
         "client_resources": {"num_cpus": config.num_cpus_per_client, "num_gpus": 0.0},
@@ -46,31 +42,30 @@ def federate(
 ) -> Path:
     """Run (or resume) the federation of `config`; returns OUTPUT_DIR. `server_app` / `client_app` replace
     the default apps (tests wrap them to watch or fault them)."""
-    if len(config.client_models) < config.min_clients:
-        raise ValueError(
-            f"client_models names {len(config.client_models)} simulated clients, fewer than "
-            f"min_clients={config.min_clients}"
-        )
     out = Path(config.output_dir)
     if config.forget:  # on the federation's recorded settings, which have no `forget`
         federation = dataclasses.replace(config, forget=[])
         record = check_run_dir([federation], out / RECIPE_FILE)
         if record.state != "finished" or not record.same:
             raise ValueError(f"{out} holds no finished federation of these settings to forget clients from")
-        forget_clients(config)
+        forget_clients(config)  # asks no client: a deployment's run (no client_models) is unlearned too
         return out
-    record = check_run_dir([config], out / RECIPE_FILE, config.overwrite)
-    if record.state == "finished" and record.same:
-        logger.info(f"{out}: this federation finished before; reusing it")
-        return out
-    start_run([config], out / RECIPE_FILE, clear=record.state != "empty" and not record.same)
-    run_simulation(
-        server_app=server_app or build_server_app(config),
-        client_app=client_app or build_client_app(config.client_models),
-        num_supernodes=len(config.client_models),
-        backend_config=simulation_backend(config),
+    if len(config.client_models) < config.min_clients:
+        raise ValueError(
+            f"client_models names {len(config.client_models)} simulated clients, fewer than "
+            f"min_clients={config.min_clients}"
+        )
+    run_unless_done(
+        [config],
+        out / RECIPE_FILE,
+        lambda: run_simulation(
+            server_app=server_app or build_server_app(config),
+            client_app=client_app or build_client_app(config.client_models),
+            num_supernodes=len(config.client_models),
+            backend_config=simulation_backend(config),
+        ),
+        overwrite=config.overwrite,
     )
-    finish_run(out / RECIPE_FILE)
     return out
 
 

@@ -46,14 +46,19 @@ class RoundRecord:
     privacy: dict | None = None  # with dp_noise_multiplier: each client's epsilon so far (privacy_report)
 
     def save(self, directory: Path) -> None:
-        """Write round.json atomically: its presence marks the round's labels complete."""
-        temp = directory / f".{ROUND_FILE}.tmp"
-        temp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(temp, directory / ROUND_FILE)
+        """Write round.json: its presence marks the round's labels complete."""
+        save_round_file(directory, asdict(self))
 
     @classmethod
     def load(cls, directory: Path) -> RoundRecord:
         return cls(**json.loads((directory / ROUND_FILE).read_text()))
+
+
+def save_round_file(directory: Path, record: dict) -> None:
+    """Write a round's record as round.json atomically (written last: it marks the round complete)."""
+    temp = directory / f".{ROUND_FILE}.tmp"
+    temp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temp, directory / ROUND_FILE)
 
 
 def completed_rounds(output_dir: str | Path, num_rounds: int) -> int:

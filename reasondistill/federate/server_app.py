@@ -6,8 +6,11 @@ completed round: the rounds before are neither asked nor aggregated again, their
 A client that fails or does not answer within `round_timeout` is recorded as missing and the round goes on
 with the others, as long as `min_clients` remain.
 
-On a real deployment (`flwr run` against a SuperLink) the run config names the recipe:
-    [tool.flwr.app.config] recipe = "recipes/demo/federated.yaml"
+On a real deployment (`flwr run` against a SuperLink: docs/federate.md) `app` is the ServerApp and the
+Flower App's run config names the recipe, a path on the server machine (flower_app.py writes the App):
+    [tool.flwr.app.config] recipe = "/srv/federation/federated.yaml"
+Both paths keep OUTPUT_DIR's run record (`core.run_reuse.run_unless_done`), so a deployment's run is
+reused, resumed and unlearned (`--forget`) like a simulated one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +30,9 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from trl import ModelConfig
 
 from reasondistill.core.engines import LOGPROBS_MODE
+from reasondistill.core.logs import setup_logging
 from reasondistill.core.recipe import parse_recipe
+from reasondistill.core.run_reuse import run_unless_done
 from reasondistill.core.traces import TraceInfo, fingerprint_settings, tokenizer_fingerprint
 from reasondistill.federate.consensus import consensus_records, write_consensus
 from reasondistill.federate.federate_config import FederateConfig
@@ -55,6 +61,7 @@ from reasondistill.train.train import train_unless_done
 logger = logging.getLogger(__name__)
 
 NODE_WAIT_SECONDS = 600  # a deployment's SuperNodes may connect after the run starts
+RECIPE_FILE = "federate_recipe.yaml"  # OUTPUT_DIR's record of the run's settings (core.run_reuse)
 
 
 class FederationError(ValueError):
@@ -286,15 +293,20 @@ def run_server(grid: Grid, config: FederateConfig) -> str:
     return student
 
 
-def build_server_app(config: FederateConfig) -> ServerApp:
-    """The ServerApp of a run whose settings are known (the simulation)."""
+def simulation_server_app(serve: Callable[[Grid], object]) -> ServerApp:
+    """The simulation's ServerApp, whose run's settings are known: `serve(grid)` runs every round."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_server(grid, config)
+        serve(grid)
 
     return app
+
+
+def build_server_app(config: FederateConfig) -> ServerApp:
+    """The ServerApp of a federation whose settings are known (the simulation)."""
+    return simulation_server_app(lambda grid: run_server(grid, config))
 
 
 app = ServerApp()  # `flwr run` deployments: serverapp = "reasondistill.federate.server_app:app"
@@ -302,5 +314,16 @@ app = ServerApp()  # `flwr run` deployments: serverapp = "reasondistill.federate
 
 @app.main()
 def deployment_main(grid: Grid, context: Context) -> None:
+    """One federation of the SuperNodes connected (each names its own model), with the recipe that the run
+    config's `recipe` names: absolute, relative to the SuperLink's working directory, or a packaged one."""
+    setup_logging()  # a fresh `flwr-serverapp` process; its output is the run's log (`flwr log RUN_ID`)
     (config,) = parse_recipe(str(context.run_config["recipe"]), (FederateConfig,))
-    run_server(grid, config)
+    if config.forget:
+        raise ValueError("forget asks no client: run `reasondistill federate RECIPE --forget CLIENT` instead")
+    # OUTPUT_DIR's run record as in the simulation: a finished federation reused, an unfinished one resumed
+    run_unless_done(
+        [config],
+        Path(config.output_dir) / RECIPE_FILE,
+        lambda: run_server(grid, config),
+        overwrite=config.overwrite,
+    )

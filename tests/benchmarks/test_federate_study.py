@@ -1,6 +1,7 @@
 """benchmarks/federate_study.py end to end on tiny clients (10 steps each), 1 seed, 2 rounds of 3 public
-prompts, 2 training steps per round and 2 test problems per level: the table, the bytes it reads from the
-federation's round records, the plot, and what the union arm trained on; the accuracies mean nothing."""
+prompts, 2 training steps per round (1 local step per client for fedavg-lora) and 2 test problems per level:
+the table, the bytes it reads from the federation's and FedAvg-LoRA's round records, the plot, and what the
+union and fedavg-lora arms trained on; the accuracies mean nothing."""
 
 import json
 import os
@@ -38,6 +39,15 @@ TRAIN = dict(
     report_to="none",
     disable_tqdm=True,
 )
+FEDAVG_TRAIN = TRAIN | dict(
+    use_peft=True,
+    lora_r=2,
+    lora_alpha=4,
+    lora_dropout=0.0,
+    kd_weight=0.0,
+    max_steps=1,
+    per_device_train_batch_size=2,
+)
 
 
 @pytest.fixture
@@ -46,6 +56,7 @@ def study(tmp_path, tokenizer_dir):
     recipes = {
         "clients.yaml": {"cache_dir": str(tmp_path / "cache"), **CLIENTS},
         "train.yaml": TRAIN,
+        "fedavg.yaml": FEDAVG_TRAIN,
         "federated.yaml": {
             "output_dir": "set by the study",
             "student": "set by the study",
@@ -64,7 +75,7 @@ def study(tmp_path, tokenizer_dir):
     command = [sys.executable, str(SCRIPT), "--tokenizer-dir", str(tokenizer_dir), "--seeds", "0"]
     command += ["--federate-recipe", str(tmp_path / "federated.yaml")]
     command += ["--clients-recipe", str(tmp_path / "clients.yaml"), "--test-problems", "2"]
-    command += ["--output-dir", str(out)]
+    command += ["--fedavg-train-recipe", str(tmp_path / "fedavg.yaml"), "--output-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 busy cores: one thread each is the fast setting
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -87,6 +98,9 @@ def test_federate_study_measures_every_arm_with_the_federations_bytes(study, tok
         "| client-2 alone | 1 |",
         "| federated, round 1 | 1 |",
         "| federated, round 2 | 1 |",
+        "| fedavg-lora, round 1 | 1 |",
+        "| fedavg-lora, round 2 | 1 |",
+        "| federated − fedavg-lora (paired) | 1 |",
         "| union of the clients' data, round 2 | 1 |",
         "| public-ce (no client), round 2 | 1 |",
         "| federated − union (paired) | 1 |",
@@ -102,6 +116,8 @@ def test_federate_study_measures_every_arm_with_the_federations_bytes(study, tok
     assert set(models) == {(f"client-{i}", 0) for i in range(3)} | {
         ("federated", 1),
         ("federated", 2),
+        ("fedavg-lora", 1),
+        ("fedavg-lora", 2),
         ("union", 2),
         ("public-ce", 2),
     }
@@ -140,6 +156,30 @@ def test_federate_study_measures_every_arm_with_the_federations_bytes(study, tok
         ids, logprobs = read_topk(row)
         np.testing.assert_array_equal(ids, expected_ids)
         np.testing.assert_allclose(logprobs, expected_logprobs, atol=2e-3)
+
+    # fedavg-lora: each client trained on the text of all its private problems; the bytes are the round
+    # records' (the clients' adapters); each round's student is the initial one with that round's adapter
+    from reasondistill.federate.fedavg_lora import FedAvgRound
+
+    for i in range(3):
+        text = load_traces(out / "fedavg-lora-data" / f"client-{i}", cache_dir=str(out / "hf-cache"))
+        assert text["prompt_id"] == [p.id for p in private_problems(clients, i)]
+        for row in text:  # text only: each completion token is its own target (k = 1, probability 1)
+            ids, logprobs = read_topk(row)
+            np.testing.assert_array_equal(ids[:, 0], row["completion_token_ids"])
+            assert ids.shape[1] == 1 and np.all(logprobs == 0)
+    fedavg = out / "fedavg-lora-seed0"
+    records = [FedAvgRound.load(round_dir(fedavg, r)) for r in (1, 2)]
+    assert [r.num_examples for r in records] == [{f"client-{i}": 50 for i in range(3)}] * 2
+    sent = [sum(r.bytes_received.values()) for r in records]
+    assert results["bytes_per_round"]["fedavg-lora"]["0"]["clients_sent"] == sent and min(sent) > 0
+    assert f"| {sent[1]:,} | {sum(sent):,} |" in table
+    for r in (1, 2):
+        assert models[("fedavg-lora", r)]["directory"] == str(round_dir(fedavg, r) / "merged")
+        adapter = json.loads((round_dir(fedavg, r) / "adapter" / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(out / "init-student-seed0")
+    local = yaml.safe_load((out / "recipes" / "fedavg-lora" / "train-seed0.yaml").read_text())
+    assert local["use_peft"] and local["max_steps"] == 1 and local["seed"] == 0
 
     # the control: CE only, on the federation's own consensus
     control = yaml.safe_load(
