@@ -57,13 +57,10 @@ from reasondistill.federate.server_app import FederationError, simulation_server
 from reasondistill.federate.soft_labels import SoftLabels
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import (
-    TopKCollator,
     check_tokenizer,
-    gen_temperature,
     load_trace_dataset,
 )
-from reasondistill.train.distill_trainer import DistillTrainer
-from reasondistill.train.train import load_model
+from reasondistill.train.train import distill_trainer, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -244,21 +241,7 @@ def local_training(
         check_tokenizer(info, tokenizer, config.student)
         model = lora_student(config, model_args)
         set_adapter(model, adapter)
-        collator = TopKCollator(
-            pad_token_id=tokenizer.pad_token_id,
-            k=info.k,
-            student_vocab_size=model.get_output_embeddings().weight.shape[0],
-            max_length=args.max_length,
-            target_k=args.kd_top_k,
-        )
-        trainer = DistillTrainer(
-            model=model,
-            args=args,
-            data_collator=collator,
-            gen_temperature=gen_temperature(info),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
+        trainer = distill_trainer(model, args, tokenizer, info, dataset)
         trainer.train()
         return adapter_of(trainer.model), len(dataset)
 

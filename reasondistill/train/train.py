@@ -23,9 +23,11 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import PartialState
+from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -154,6 +156,36 @@ def claim_output_dir(
     )
 
 
+def distill_trainer(
+    model: PreTrainedModel,
+    args: DistillConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    info: TraceInfo,
+    train_dataset: Dataset,
+    k: int | None = None,
+    **trainer_kwargs: Any,
+) -> DistillTrainer:
+    """The trainer of `reasondistill train` on a loaded trace dataset: batches of its top-k (`k`, default
+    the traces' own; 1 for one-hot targets) at the traces' generation temperature."""
+    k = info.k if k is None else k
+    collator = TopKCollator(
+        pad_token_id=tokenizer.pad_token_id,
+        k=k,
+        student_vocab_size=model.get_output_embeddings().weight.shape[0],
+        max_length=args.max_length,
+        target_k=args.kd_top_k if k == info.k else None,  # kd_top_k has no effect at kd_weight 0
+    )
+    return DistillTrainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        gen_temperature=gen_temperature(info),
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        **trainer_kwargs,
+    )
+
+
 def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
     """Load, record the run as started in OUTPUT_DIR, train, save; `claim` says how OUTPUT_DIR is used."""
     set_seed(args.seed)
@@ -222,22 +254,15 @@ def distil(model_args: ModelConfig, args: DistillConfig, claim: Claim) -> None:
         (Path(args.output_dir) / TRACES_RECORD_FILE).write_text(json.dumps(traces_record(args.traces)))
     state.wait_for_everyone()
 
-    collator = TopKCollator(
-        pad_token_id=tokenizer.pad_token_id,
+    trainer = distill_trainer(
+        model,
+        args,
+        tokenizer,
+        info,
+        train_dataset,
         k=k,
-        student_vocab_size=model.get_output_embeddings().weight.shape[0],
-        max_length=args.max_length,
-        target_k=args.kd_top_k if k == info.k else None,  # kd_top_k has no effect at kd_weight 0
-    )
-    trainer = DistillTrainer(
-        model=model,
-        args=args,
-        data_collator=collator,
-        gen_temperature=gen_temperature(info),
         on_policy_prompts=on_policy_prompts,
-        train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
     logger.info(
