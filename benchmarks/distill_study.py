@@ -4,6 +4,9 @@
         [--start random] [--num-traces N] [--seeds 0 1 2] [--max-steps 1000] [--methods NAME ...] \
         [--output-dir outputs/study]
 
+On a machine shared with another job, prefix `OMP_NUM_THREADS=1`: beside one, torch's default 2 threads
+ran a student 3.1 s a step, one thread 0.35 s (docs/benchmarks.md, "#14's target with the demo's teacher").
+
 Every student is trained and scored by the demo's student stage (reasondistill/demo/students.py):
 for a seed, every method starts from the same model and trains with recipes/demo/train.yaml plus the
 method's few overrides and `--max-steps` (warm-up 5% of it); exact match and step accuracy on 200
