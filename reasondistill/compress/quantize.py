@@ -1,9 +1,10 @@
 """`reasondistill quantize`: turn a trained student into deployable artifacts and say what was lost.
 
 Phases: merge (a PEFT adapter into its full-precision base; a full model is used as it is) -> build one
-artifact per hardware profile (GGUF files with `gguf_export.py`, bitsandbytes directories with
-`bnb_quantize.py`) -> measure each against the full-precision reference (`measure.py`: size, memory,
-tokens/s, accuracy kept) -> write `measurements.json`, `measurements.md` and an evaluation report.
+artifact per hardware profile (GGUF files with llama.cpp's converter, `llamacpp_convert.py`, or ours,
+`gguf_export.py`; bitsandbytes directories with `bnb_quantize.py`) -> measure each against the
+full-precision reference (`measure.py`: size, memory, tokens/s, accuracy kept) -> write
+`measurements.json`, `measurements.md` and an evaluation report.
 
 Library use (e.g. from the demo): `build_artifacts(config)` returns the reference directory and the
 artifacts; `measure_artifacts(reference, artifacts, config)` returns one row per artifact.
@@ -17,6 +18,7 @@ from pathlib import Path
 from reasondistill.compress.bnb_quantize import quantize_bnb
 from reasondistill.compress.gguf_export import export_gguf, llama_quantize
 from reasondistill.compress.hardware_profiles import get_profile
+from reasondistill.compress.llamacpp_convert import convert_hf_to_gguf
 from reasondistill.compress.measure import Artifact, measure_accuracy, measure_speed, size_row
 from reasondistill.compress.merge import check_full_precision, is_adapter_dir, merge_adapter
 from reasondistill.compress.quantize_config import QuantizeConfig
@@ -31,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 QUANTIZE_RECIPE_FILE = "quantize_recipe.yaml"
-WRITTEN_HERE = ("F16", "Q8_0", "Q4_0")  # GGUF types gguf_export writes itself; others need llama.cpp
+# GGUF types each converter writes itself; the others are llama.cpp's quantizer applied to the F16 file
+WRITTEN_BY_CONVERTER = {"llama.cpp": ("F16", "Q8_0"), "reasondistill": ("F16", "Q8_0", "Q4_0")}
 TABLE_HEADER = (
     "artifact",
     "runtime",
@@ -66,17 +69,18 @@ def build_artifacts(config: QuantizeConfig) -> tuple[Path, list[Artifact]]:
     reference = prepare_reference(config)
     artifacts = []
     f16 = out / get_profile("gguf-f16").artifact
+    convert = convert_hf_to_gguf if config.gguf_converter == "llama.cpp" else export_gguf
     f16_exported = False  # in this call: an F16 file from an earlier run may be another model's
     for profile in map(get_profile, config.profiles):
         path = out / profile.artifact
         if profile.format == "bnb":
             quantize_bnb(reference, path, profile.bnb_bits, config.double_quant, config.compute_dtype)
-        elif profile.gguf_type in WRITTEN_HERE:
-            export_gguf(reference, path, profile.gguf_type)
+        elif profile.gguf_type in WRITTEN_BY_CONVERTER[config.gguf_converter]:
+            convert(reference, path, profile.gguf_type)
             f16_exported = f16_exported or path == f16
-        else:  # a K-quant: llama.cpp quantizes the F16 export
+        else:  # llama.cpp's quantizer applied to the F16 export
             if not f16_exported:
-                export_gguf(reference, f16, "F16")
+                convert(reference, f16, "F16")
                 f16_exported = True
             llama_quantize(f16, path, profile.gguf_type)
         logger.info(f"{profile.name} ({profile.device}): {path}")

@@ -29,6 +29,14 @@ class QuantizeConfig:
         default_factory=lambda: ["gguf-q4", "gguf-q8", "gguf-f16", "nf4", "int8"],
         metadata={"help": f"Hardware profiles to build, from: {', '.join(PROFILES)}."},
     )
+    gguf_converter: Literal["llama.cpp", "reasondistill"] = field(
+        default="llama.cpp",
+        metadata={
+            "help": "GGUF writer: llama.cpp's convert_hf_to_gguf.py (every architecture llama.cpp runs; "
+            "installed by scripts/install.sh) or reasondistill's own (Qwen2, Qwen3, Llama, Gemma 3; F16, "
+            "Q8_0 and Q4_0 without llama-cpp-python). Other types are llama.cpp's quantizer on the F16 file."
+        },
+    )
     merged_dtype: WeightDtype = field(
         default="float32",
         metadata={
