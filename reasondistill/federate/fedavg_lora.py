@@ -53,7 +53,13 @@ from reasondistill.federate.fedavg_lora_config import FedAvgLoraConfig
 from reasondistill.federate.federate import simulation_backend
 from reasondistill.federate.public_set import PublicExample
 from reasondistill.federate.rounds import ROUND_FILE, completed_rounds, round_dir, save_round_file
-from reasondistill.federate.server_app import FederationError, simulation_server_app, wait_for_nodes
+from reasondistill.federate.server_app import (
+    FederationError,
+    content_bytes,
+    gather_replies,
+    simulation_server_app,
+    wait_for_nodes,
+)
 from reasondistill.federate.soft_labels import SoftLabels
 from reasondistill.train.distill_config import DistillConfig
 from reasondistill.train.distill_data import (
@@ -90,11 +96,6 @@ def fedavg(adapters: Sequence[Mapping[str, np.ndarray]], num_examples: Sequence[
         )
         for name, tensor in adapters[0].items()
     }
-
-
-def content_bytes(content: RecordDict) -> int:
-    """Bytes of a message's records as Flower counts them (array data and names, config entries)."""
-    return sum(record.count_bytes() for record in content.values())
 
 
 def train_request(round_number: int, adapter: Tensors) -> RecordDict:
@@ -301,35 +302,23 @@ def fedavg_round(
         for node in nodes
     ]
     sent = {node: content_bytes(m.content) for node, m in zip(nodes, messages, strict=True)}
-    accepted: dict[str, AdapterReply] = {}
-    rejected, missing, received, answered = {}, [], {}, set()
-    for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
-        node = reply.metadata.src_node_id
-        answered.add(node)
-        who = names.get(node, f"node {node}")
-        if reply.has_error():
-            logger.warning(f"round {round_number}: {who} failed and is missing ({reply.error.reason})")
-            missing.append(who)
-            continue
-        try:
-            decoded = decode_adapter_reply(reply.content, adapter, round_number)
-            who = names[node] = decoded.client
-            if decoded.client in accepted:
-                raise RejectedAdapter("another node already answered under this client name")
-        except RejectedAdapter as reason:
-            logger.warning(f"round {round_number}: rejected the adapter of {who}: {reason}")
-            rejected[who] = str(reason)
-            continue
-        accepted[decoded.client] = decoded
-        received[decoded.client] = content_bytes(reply.content)
-    for node in sorted(set(nodes) - answered):
-        missing.append(names.get(node, f"node {node}"))
-        logger.warning(f"round {round_number}: no answer from {missing[-1]} within round_timeout; missing")
+    replies = gather_replies(
+        grid,
+        messages,
+        round_number,
+        config.round_timeout,
+        names,
+        lambda content: decode_adapter_reply(content, adapter, round_number),
+        lambda _: None,  # decoding checked the adapter against the one sent
+        (RejectedAdapter,),
+        "adapter",
+    )
+    accepted = replies.accepted
     if len(accepted) < config.min_clients:
         raise FederationError(
             f"round {round_number}: the adapters of {len(accepted)} clients were accepted "
-            f"({sorted(accepted)}), min_clients is {config.min_clients}; rejected: {rejected or 'none'}, "
-            f"missing: {missing or 'none'}"
+            f"({sorted(accepted)}), min_clients is {config.min_clients}; "
+            f"rejected: {replies.rejected or 'none'}, missing: {replies.missing or 'none'}"
         )
     clients = sorted(accepted)
     counts = {c: accepted[c].num_examples for c in clients}
@@ -338,10 +327,10 @@ def fedavg_round(
         round=round_number,
         aggregated={c: counts[c] / sum(counts.values()) for c in clients},
         num_examples=counts,
-        rejected=rejected,
-        missing=missing,
+        rejected=replies.rejected,
+        missing=replies.missing,
         bytes_sent={names.get(node, f"node {node}"): size for node, size in sent.items()},
-        bytes_received=received,
+        bytes_received=replies.bytes_received,
         seconds=round(time.time() - started, 1),
     )
     return averaged, record

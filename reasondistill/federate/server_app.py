@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import flwr
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from trl import ModelConfig
@@ -98,14 +99,71 @@ class PublicSide:
         )
 
 
-@dataclass
-class RoundReplies:
-    """One round's answers, sorted: accepted labels by client, rejections with reasons, the missing."""
+class ClientReply(Protocol):
+    client: str  # the name the client gives itself
 
-    accepted: dict[str, SoftLabels]
+
+Reply = TypeVar("Reply", bound=ClientReply)
+
+
+@dataclass
+class RoundReplies(Generic[Reply]):
+    """One round's answers, sorted: accepted replies by client, rejections with reasons, the missing."""
+
+    accepted: dict[str, Reply]
     rejected: dict[str, str]
     missing: list[str]
     bytes_received: dict[str, int]
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's records as Flower counts them (array data and names, config entries)."""
+    return sum(record.count_bytes() for record in content.values())
+
+
+def gather_replies(
+    grid: Grid,
+    messages: list[Message],
+    round_number: int,
+    timeout: float,
+    names: dict[int, str],
+    read: Callable[[RecordDict], Reply],
+    check: Callable[[Reply], None],
+    refusals: tuple[type[Exception], ...],
+    what: str,
+) -> RoundReplies[Reply]:
+    """Send one round's `messages` and sort the replies that come within `timeout`: failed or unanswered
+    nodes are missing; a reply that `read` (decoding) or `check` (against the request, once the client
+    is named) refuses by raising one of `refusals`, or that takes a client name another node already
+    answered under, is rejected with its reason; `names` (node id -> client name,
+    from earlier replies) names the missing and is updated. `what` is what a reply holds, for the log."""
+    replies: RoundReplies[Reply] = RoundReplies({}, {}, [], {})
+    answered = set()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        answered.add(node)
+        who = names.get(node, f"node {node}")
+        if reply.has_error():
+            logger.warning(f"round {round_number}: {who} failed and is missing ({reply.error.reason})")
+            replies.missing.append(who)
+            continue
+        try:
+            accepted = read(reply.content)
+            who = names[node] = accepted.client
+            if accepted.client in replies.accepted:
+                raise RejectedReply("another node already answered under this client name")
+            check(accepted)
+        except (*refusals, RejectedReply) as reason:
+            logger.warning(f"round {round_number}: rejected the {what} of {who}: {reason}")
+            replies.rejected[who] = str(reason)
+            continue
+        replies.accepted[accepted.client] = accepted
+        replies.bytes_received[accepted.client] = content_bytes(reply.content)
+    for node in sorted({message.metadata.dst_node_id for message in messages} - answered):
+        who = names.get(node, f"node {node}")
+        logger.warning(f"round {round_number}: no answer from {who} within round_timeout; missing")
+        replies.missing.append(who)
+    return replies
 
 
 def wait_for_nodes(grid: Grid, min_clients: int) -> list[int]:
@@ -122,7 +180,7 @@ def wait_for_nodes(grid: Grid, min_clients: int) -> list[int]:
 
 def collect_round(
     grid: Grid, config: FederateConfig, request: RoundRequest, names: dict[int, str]
-) -> RoundReplies:
+) -> RoundReplies[SoftLabels]:
     """Ask every connected client for its soft labels and sort the replies; `names` (node id -> client
     name, from earlier replies) names the missing and is updated."""
     nodes = wait_for_nodes(grid, config.min_clients)
@@ -135,33 +193,17 @@ def collect_round(
         )
         for node in nodes
     ]
-    replies = RoundReplies({}, {}, [], {})
-    answered = set()
-    for reply in grid.send_and_receive(messages, timeout=config.round_timeout):
-        node = reply.metadata.src_node_id
-        answered.add(node)
-        who = names.get(node, f"node {node}")
-        if reply.has_error():
-            logger.warning(f"round {request.round}: {who} failed and is missing ({reply.error.reason})")
-            replies.missing.append(who)
-            continue
-        try:
-            labels = decode_reply(reply.content)
-            who = names[node] = labels.client
-            if labels.client in replies.accepted:
-                raise RejectedReply("another node already answered under this client name")
-            check_reply(labels, request)
-        except (MalformedReply, RejectedReply) as reason:
-            logger.warning(f"round {request.round}: rejected the soft labels of {who}: {reason}")
-            replies.rejected[who] = str(reason)
-            continue
-        replies.accepted[labels.client] = labels
-        replies.bytes_received[labels.client] = sum(record.count_bytes() for record in reply.content.values())
-    for node in sorted(set(nodes) - answered):
-        who = names.get(node, f"node {node}")
-        logger.warning(f"round {request.round}: no answer from {who} within round_timeout; missing")
-        replies.missing.append(who)
-    return replies
+    return gather_replies(
+        grid,
+        messages,
+        request.round,
+        config.round_timeout,
+        names,
+        decode_reply,
+        lambda labels: check_reply(labels, request),
+        (MalformedReply, RejectedReply),
+        "soft labels",
+    )
 
 
 def consensus_info(config: FederateConfig, public: PublicSide, round_number: int, weights: dict) -> TraceInfo:

@@ -196,8 +196,9 @@ def test_fedavg_lora_two_rounds_three_clients(fedavg_run, demo_tokenizer):
     from flwr.app import MessageType
     from safetensors.numpy import load_file
 
-    from reasondistill.federate.fedavg_lora import FedAvgRound, content_bytes
+    from reasondistill.federate.fedavg_lora import FedAvgRound
     from reasondistill.federate.rounds import round_dir
+    from reasondistill.federate.server_app import content_bytes
 
     config, sent, received = fedavg_run
     shapes = lora_shapes(config)
