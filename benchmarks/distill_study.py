@@ -32,7 +32,9 @@ Studies:
 - tokenizers: SFT and KD students of the teacher's tokenizer against SFT and KD students of another
   tokenizer (demo.teacher.digit_runs_tokenizer: numbers in runs of up to 3 digits, another vocabulary
   size) trained on the traces' text re-tokenized (prompt_chat_template student; KD with the stored top-k
-  aligned to the student's tokens by bytes), all from random starts of the same shape (issue #16).
+  aligned to the student's tokens by bytes), all from random starts of the same shape (issue #16); and
+  SFT and KD students of the teacher's tokenizer in the other students' architecture (a Llama of the
+  same shape, `sft-llama`, `kd-llama`), which tells the tokenizer's effect from the architecture's.
 - data: SFT and KD on the first n traces of one fixed shuffle, n in `--trace-counts`, and on all of them
   (the `sft` and `kd` arms of the other studies, reused from OUTPUT_DIR when they are there); also plots
   exact match against n (data_efficiency.png).
@@ -45,8 +47,9 @@ Writes OUTPUT_DIR/STUDY.json (every student, per problem) and STUDY.md (the tabl
 recipes/demo/evaluate.yaml: pass@1 over samples, maj@k, plots, and each student's per-token divergence
 from the teacher) of the teacher, every seed of the baseline (the first method) and every seed of the
 method with the best mean exact match, in OUTPUT_DIR/STUDY-report/.
-`--merge-with OTHER/STUDY.json` adds the students of another run of the study (other seeds, trained
-with another --output-dir) to the tables, the plot and STUDY.json, paired by seed as this run's. Only
+`--merge-with OTHER/STUDY.json` adds the students of another run of the study (other seeds, or the
+methods this run's --methods leaves out, trained with another --output-dir) to the tables, the plot and
+STUDY.json, paired by seed as this run's. Only
 the teacher's score on the problems is checked; that both runs used the same recipes (train.yaml, the
 start) is up to you (each student's directory holds its train_recipe.yaml).
 """
@@ -141,6 +144,9 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
                     "kd": KD,
                     "sft-digit-runs-tokenizer": {**SFT, **own},
                     "kd-digit-runs-tokenizer": {**KD, **own},  # the top-k aligned by bytes (train.md)
+                    # the teacher's tokenizer in the digit-runs students' Llama: separates the two
+                    "sft-llama": {**SFT, STUDENT_TOKENIZER: "teacher-llama"},
+                    "kd-llama": {**KD, STUDENT_TOKENIZER: "teacher-llama"},
                 },
             )
         ]
@@ -151,6 +157,19 @@ def study_arms(study: str, args: argparse.Namespace) -> list[tuple[str, dict[str
             methods[f"kd-{count}"] = {**KD, "num_traces": count}
         return [(args.start, {**methods, "sft": SFT, "kd": KD})]  # the last two: every trace
     raise ValueError(f"unknown study {study!r}")
+
+
+# (method, baseline) pairs of the tokenizers study, each differing in one thing: the loss (KD or SFT), the
+# architecture (Llama or Qwen2, the teacher's tokenizer) or the tokenizer (digit runs or the teacher's, Llama)
+TOKENIZER_PAIRS = [
+    ("kd", "sft"),
+    ("kd-llama", "sft-llama"),
+    ("kd-digit-runs-tokenizer", "sft-digit-runs-tokenizer"),
+    ("sft-llama", "sft"),
+    ("kd-llama", "kd"),
+    ("sft-digit-runs-tokenizer", "sft-llama"),
+    ("kd-digit-runs-tokenizer", "kd-llama"),
+]
 
 
 def pruned_shape(args: argparse.Namespace) -> dict[str, Any]:
@@ -355,23 +374,28 @@ def main(argv: list[str] | None = None) -> int:
             test_levels=levels,
             output_dir=str(students_dir),
         )
-        # merged students of this start (their directory's name) and these methods
+        # merged students of this start (their directory's name) and this study's methods: other seeds,
+        # or methods left out of this run's --methods
         start_directory = start_name(config, Path(args.recipes), teacher_dir)[0]
         others = [r for r in merged if Path(r.directory).parent.name == start_directory]
-        others = [r for r in others if r.method in config.methods]
+        others = [r for r in others if r.method in methods]
         to_train = {(method, seed) for method in config.methods for seed in args.seeds}
         if clash := sorted({(r.method, r.seed) for r in others} & to_train):
             sys.exit(f"--merge-with: {clash} are merged and would be trained again: leave their seeds out")
         runs = train_students(config, Path(args.recipes), teacher_dir, Path(args.traces), Path(args.heldout))
-        order = list(config.methods)  # each method's seeds together, merged ones included
+        order = list(methods)  # each method's seeds together, merged ones included
         runs = sorted(runs + others, key=lambda r: (order.index(r.method), r.seed))
         results += runs
-        # the data study pairs KD with SFT at each trace count; the others, every method with the first
-        baselines = None
+        # the data study pairs KD with SFT at each trace count, the tokenizers study the arms that differ
+        # in one thing; the others, every method with the first
+        pairs = TOKENIZER_PAIRS if args.study == "tokenizers" else None
         if args.study == "data":
-            kd_arms = [m for m in config.methods if m.startswith("kd") and "sft" + m[2:] in config.methods]
-            baselines = {m: "sft" + m[2:] for m in kd_arms}
-        tables.append(f"start: {start}\n\n{summary_table(runs, teacher_accuracy, teacher_steps, baselines)}")
+            pairs = [
+                (m, "sft" + m[2:])
+                for m in config.methods
+                if m.startswith("kd") and "sft" + m[2:] in config.methods
+            ]
+        tables.append(f"start: {start}\n\n{summary_table(runs, teacher_accuracy, teacher_steps, pairs)}")
     if args.study == "data":
         all_traces = usable_traces(args)
         tables.append(f"sft, kd: all {all_traces} usable traces")

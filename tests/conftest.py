@@ -102,6 +102,16 @@ TINY_TEACHER = dict(
 )
 
 
+@pytest.fixture(scope="session")
+def trained_teacher_dir(tmp_path_factory):
+    """The TINY_TEACHER, trained once per session: it writes task-like text, as real teachers do (a
+    random model's samples are byte soup, invalid UTF-8 that no other tokenizer spells back)."""
+    from reasondistill.demo.teacher import train_teacher
+    from reasondistill.demo.teacher_config import TeacherConfig
+
+    return train_teacher(TeacherConfig(cache_dir=str(tmp_path_factory.mktemp("teacher")), **TINY_TEACHER))
+
+
 def plant_redundancy(model_dir, tokenizer, identity_layer: int, out):
     """Save to `out` the model of `model_dir` with known redundancy: layer `identity_layer` is the
     identity (its attention and MLP outputs are zero) and MLP channels 0-31 of every layer are dead

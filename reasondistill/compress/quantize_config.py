@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from reasondistill.compress.hardware_profiles import PROFILES, get_profile
 from reasondistill.core.engines import EngineBackend, EngineDtype
@@ -13,6 +13,10 @@ WeightDtype = Literal["float32", "bfloat16", "float16"]
 
 @dataclass
 class QuantizeConfig:
+    # what runs recorded before a field existed did, where its default does otherwise (core/recipe.py,
+    # recipe_changes): GGUF files were our own writer's before gguf_converter
+    BEFORE_ADDED: ClassVar[dict[str, object]] = {"gguf_converter": "reasondistill"}
+
     model: str = field(
         metadata={"help": "Model directory, or PEFT adapter directory (merged into its base first)."}
     )

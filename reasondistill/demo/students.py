@@ -16,6 +16,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -145,10 +146,13 @@ def train_students(
             fields = dict(fields)
             after = done.get(fields.pop(AFTER, None))
             student_tokenizer, first = tokenizer, after.directory if after else start
-            if fields.pop(STUDENT_TOKENIZER, "teacher") == "digit-runs":
-                own_tokenizer = own_tokenizer or digit_runs_tokenizer(teacher_dir)
-                student_tokenizer, first = own_tokenizer, root / f"init-{config.size}-digit-runs-seed{seed}"
-                save_initial_model(config.size, own_tokenizer, first, seed, architecture="llama")
+            llama_tokenizer = fields.pop(STUDENT_TOKENIZER, "teacher")
+            if llama_tokenizer != "teacher":  # a random-start Llama of the student's shape
+                if llama_tokenizer == "digit-runs":
+                    own_tokenizer = own_tokenizer or digit_runs_tokenizer(teacher_dir)
+                    student_tokenizer = own_tokenizer
+                first = root / f"init-{config.size}-{llama_tokenizer}-seed{seed}"
+                save_initial_model(config.size, student_tokenizer, first, seed, architecture="llama")
             out = root / f"{method}-seed{seed}"
             overrides = ["--model_name_or_path", str(first)]
             overrides += ["--traces", str(traces_dir), "--output_dir", str(out), "--seed", str(seed)]
@@ -210,14 +214,14 @@ def summary_table(
     results: list[StudentResult],
     teacher_accuracy: float,
     teacher_steps: float,
-    baselines: dict[str, str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> str:
     """Markdown table: per method the mean ± sd over seeds of every measure, with a 95% interval over
     seeds and problems for the per-problem ones, and the mean compute per student (training seconds on
     this machine, label tokens trained, on-policy sampling and scoring seconds; a chained method counts
     its start's too); then paired rows, by seed and problem (the interval of the difference,
-    `seed_problem_bootstrap`): each method against the first, or each key of `baselines` against its
-    value (method -> the method it is compared with)."""
+    `seed_problem_bootstrap`): each method against the first, or each (method, baseline) of `pairs`
+    whose methods both ran."""
 
     def spread(values: list[float], percent: bool) -> str:
         if any(np.isnan(values)):  # not measured (held-out losses of another tokenizer)
@@ -255,19 +259,21 @@ def summary_table(
                 *(mean_compute(runs, key) for key in compute_keys),
             ]
         )
-    if baselines is None:
+    if pairs is None:
         first, *others = by_method
-        baselines = {method: first for method in others}
-    for method, baseline in baselines.items():
-        pairs = [(r, b) for r in by_method[method] for b in by_method[baseline] if b.seed == r.seed]
+        pairs = [(method, first) for method in others]
+    for method, baseline in pairs:
+        if method not in by_method or baseline not in by_method:
+            continue
+        seeds = [(r, b) for r in by_method[method] for b in by_method[baseline] if b.seed == r.seed]
         rows.append(
             [
                 f"{method} − {baseline} (paired)",
-                len(pairs),
+                len(seeds),
                 paired_difference(
-                    [r.problem_correct for r, _ in pairs], [b.problem_correct for _, b in pairs]
+                    [r.problem_correct for r, _ in seeds], [b.problem_correct for _, b in seeds]
                 ),
-                paired_difference([r.problem_steps for r, _ in pairs], [b.problem_steps for _, b in pairs]),
+                paired_difference([r.problem_steps for r, _ in seeds], [b.problem_steps for _, b in seeds]),
                 "-",
                 "-",
                 *dashes,

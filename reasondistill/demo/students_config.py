@@ -10,9 +10,11 @@ from reasondistill.demo.factory import MODEL_SIZES, ModelSizeName
 StudentStart = Literal["random", "base", "pruned"]
 AFTER = "after"  # the method key that chains a method onto another's trained student
 # The method key that gives a random-start student another tokenizer than the teacher's: "digit-runs"
-# (demo.teacher.digit_runs_tokenizer), in a Llama of the student's shape (demo.factory.DemoArchitecture).
+# (demo.teacher.digit_runs_tokenizer), in a Llama of the student's shape (demo.factory.DemoArchitecture);
+# "teacher-llama" is the teacher's tokenizer in that Llama: the control that tells the tokenizer's effect
+# from the architecture's.
 STUDENT_TOKENIZER = "student_tokenizer"
-StudentTokenizer = Literal["teacher", "digit-runs"]
+StudentTokenizer = Literal["teacher", "digit-runs", "teacher-llama"]
 
 
 def default_methods() -> dict[str, dict[str, Any]]:
@@ -43,7 +45,8 @@ class StudentsConfig:
             "help": "Method name -> train.yaml fields it overrides (the rest is the shared recipe). "
             f"`{AFTER}: METHOD` starts it from that method's student of the same seed (e.g. SFT then "
             f"on-policy); `{STUDENT_TOKENIZER}: digit-runs` makes it a random-start Llama student of "
-            "another tokenizer (with prompt_chat_template: student). The first method is the baseline of "
+            "another tokenizer (with prompt_chat_template: student), `teacher-llama` one of the teacher's "
+            "tokenizer. The first method is the baseline of "
             "the paired differences."
         },
     )

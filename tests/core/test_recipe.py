@@ -10,6 +10,7 @@ from typing import Literal
 import pytest
 
 from reasondistill.compress.prune_config import PruneConfig
+from reasondistill.compress.quantize_config import QuantizeConfig
 from reasondistill.core import recipe as recipe_module
 from reasondistill.core.recipe import RecipeError, parse_recipe, save_resolved_recipe, split_recipe_argument
 
@@ -350,6 +351,13 @@ def test_a_saved_run_matches_only_the_same_settings(tmp_path):
         parse_recipe(write(tmp_path, "model: m\nnum_layers: 2\ndepth_criterion: cosine\n"), (PruneConfig,)),
         before,
     )
+    # quantize runs from before gguf_converter wrote GGUF files with our own writer: not reused as llama.cpp's
+    quantize = parse_recipe(write(tmp_path, "model: m\n"), (QuantizeConfig,))
+    save_resolved_recipe(quantize, before)
+    before.write_text(
+        "".join(line for line in before.read_text().splitlines(True) if "gguf_converter" not in line)
+    )
+    assert recipe_changes(quantize, before) == ["gguf_converter: reasondistill -> llama.cpp"]
     newer = tmp_path / "newer.yaml"  # a field this version does not know
     newer.write_text(saved.read_text() + "unknown_field: 1\n")
     assert not matches_saved_recipe(configs, newer)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TEACHER, generate_config
+from conftest import generate_config
 from test_train import recipe, run
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -21,8 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from reasondistill.core.arithmetic_task import generate_problems
 from reasondistill.core.traces import TOKENIZER_DIR, load_traces, read_info, read_topk, tokenizer_fingerprint
 from reasondistill.demo.factory import save_initial_model
-from reasondistill.demo.teacher import render_conversation, train_teacher
-from reasondistill.demo.teacher_config import TeacherConfig
+from reasondistill.demo.teacher import render_conversation
 from reasondistill.demo.tokenizer import (
     CHAT_TEMPLATE,
     IM_END,
@@ -54,11 +53,8 @@ def student_dir(tmp_path_factory, other_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    """A tiny teacher trained for 60 steps: it writes task-like text, as real teachers do (a random
-    model's samples are byte soup, invalid UTF-8 that no tokenizer spells back)."""
-    cache = tmp_path_factory.mktemp("teacher")
-    return train_teacher(TeacherConfig(cache_dir=str(cache), **TINY_TEACHER))
+def teacher_dir(trained_teacher_dir) -> Path:
+    return trained_teacher_dir
 
 
 @pytest.fixture(scope="module")
