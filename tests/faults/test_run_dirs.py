@@ -164,7 +164,12 @@ def test_prune_and_quantize_refuse_another_run_until_overwrite(tmp_path, tiny_mo
     assert main([*quantize, "--profiles", "gguf-q4"]) == 2
     assert "profiles: [gguf-q8] -> [gguf-q4]" in capsys.readouterr().err
     assert main([*quantize, "--profiles", "gguf-q4", "--overwrite", "true"]) == 0
-    assert sorted(p.suffix for p in quantized.iterdir()) == [".gguf", ".yaml"]  # no Q8 file of the old run
+    # no Q8 file of the old run; Q4_0 is llama.cpp's quantizer on the F16 file, which is kept
+    assert sorted(p.name for p in quantized.iterdir()) == [
+        "model-F16.gguf",
+        "model-Q4_0.gguf",
+        "quantize_recipe.yaml",
+    ]
 
 
 def test_evaluate_refuses_another_run_before_any_engine_starts(tmp_path, tiny_model_dir, capsys):
