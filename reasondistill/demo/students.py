@@ -146,12 +146,12 @@ def train_students(
             fields = dict(fields)
             after = done.get(fields.pop(AFTER, None))
             student_tokenizer, first = tokenizer, after.directory if after else start
-            llama_tokenizer = fields.pop(STUDENT_TOKENIZER, "teacher")
-            if llama_tokenizer != "teacher":  # a random-start Llama of the student's shape
-                if llama_tokenizer == "digit-runs":
+            student_choice = fields.pop(STUDENT_TOKENIZER, "teacher")
+            if student_choice != "teacher":  # a random-start Llama of the student's shape
+                if student_choice == "digit-runs":
                     own_tokenizer = own_tokenizer or digit_runs_tokenizer(teacher_dir)
                     student_tokenizer = own_tokenizer
-                first = root / f"init-{config.size}-{llama_tokenizer}-seed{seed}"
+                first = root / f"init-{config.size}-{student_choice}-seed{seed}"
                 save_initial_model(config.size, student_tokenizer, first, seed, architecture="llama")
             out = root / f"{method}-seed{seed}"
             overrides = ["--model_name_or_path", str(first)]
