@@ -7,6 +7,7 @@ bound) and one on the public set alone.
         [--clients-recipe recipes/demo/federated_clients.yaml] \
         [--train-recipe RECIPE] [--fedavg-train-recipe recipes/demo/fedavg_lora_train.yaml] \
         [--seeds 0 1] [--num-rounds N] [--prompts-per-round N] \
+        [--dp-noise-multiplier 1.0] [--co-distill-recipe RECIPE] [--forget-client client-1] \
         [--test-problems 100] [--output-dir outputs/federate_study]
 
 Arms (every student arm starts, for a seed, from the same fresh student-size model initialised with that
@@ -38,6 +39,22 @@ seed, and trains round by round with the same train recipe, its seed set to the 
   far more text (each client's 5,000 problems) than the federation's 128 public prompts a round. Bytes: what
   the clients sent (their adapters; the server's broadcast of the global adapter, as large per client, is
   in federate.json), counted from the messages (`round.json`).
+- federated-dp (the privacy option's cost): the same federation with `dp_noise_multiplier` set to
+  --dp-noise-multiplier (clients noise their labels before they leave them; federate/privacy.py), scored
+  after every round; its row names each client's epsilon at the recipe's delta after the last round.
+- co-distill (FedMD-style): the same federation with `co_distill_recipe` set to --co-distill-recipe: the
+  server sends each round's consensus back and every client distils its own model on it before it labels
+  the next round; scored after every round, and each client's own model after the last round beside the
+  client alone. Bytes: what the clients sent (as federated, plus their short answers); the consensus the
+  server sent back is in federate.json.
+- forget and retrain-without (unlearning, --forget-client, default client-1): `reasondistill federate
+  --forget CLIENT` on the federated arm's finished run (the consensus recomputed from the others' stored
+  labels, the student retrained from the last round it did not influence), against a federation run from
+  scratch without that client's model. Both final students are scored; the unlearning table gives, per
+  seed, the share of test problems on which their greedy completions are identical, the largest weight
+  difference between them, and each path's cost: training seconds (the students' compute.json), the
+  federation's labelling seconds (round.json) and the bytes the clients sent (none for the forget path,
+  which asks no client).
 
 Scored by greedy exact match on --test-problems test problems of each client level (test split, seed 1:
 no training problem of any arm is among them, the split is a hash of the arithmetic content). The table
@@ -62,6 +79,7 @@ import os
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +96,7 @@ from reasondistill.core.results_writer import write_results
 from reasondistill.demo.factory import save_initial_model
 from reasondistill.demo.federated_clients import build_clients, private_problems
 from reasondistill.demo.federated_clients_config import PRIVATE_SEED_OFFSET, FederatedClientsConfig
-from reasondistill.demo.scoring import problem_scores
+from reasondistill.demo.scoring import greedy_completions, problem_scores
 from reasondistill.demo.students import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_difference
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.federate.client_app import soft_labels_for
@@ -88,15 +106,18 @@ from reasondistill.federate.fedavg_lora_config import FedAvgLoraConfig
 from reasondistill.federate.federate import federate
 from reasondistill.federate.federate_config import FederateConfig
 from reasondistill.federate.public_set import PublicExample, load_public_set
-from reasondistill.federate.rounds import CONSENSUS_DIR, STUDENT_DIR, RoundRecord, round_dir
+from reasondistill.federate.rounds import CO_DISTILL_FILE, CONSENSUS_DIR, STUDENT_DIR, RoundRecord, round_dir
 from reasondistill.federate.server_app import PublicSide, consensus_info, distil_round
 from reasondistill.federate.soft_labels import REQUEST, request_content
+from reasondistill.federate.unlearning import FORGET_FILE
 
 logger = logging.getLogger("reasondistill.benchmarks.federate_study")
 
 STUDY = "federate"
 TEST_SEED = 1  # the demo students' test problems' seed
 FEDERATED, FEDAVG_LORA, UNION, PUBLIC_CE = "federated", "fedavg-lora", "union", "public-ce"
+DP, FORGET, RETRAIN = "federated-dp", "forget", "retrain-without"
+CO_DISTILL = "co-distill"  # the federation whose clients co-distil (FedMD-style)
 POOLED_DIR = "pooled"  # a union round's trace dataset
 MERGED_DIR = "merged"  # a fedavg-lora round's student: the global adapter merged into the initial student
 
@@ -105,7 +126,7 @@ MERGED_DIR = "merged"  # a fedavg-lora round's student: the global adapter merge
 class Measured:
     """One model's greedy exact match on every test problem, in the order of the study's problems."""
 
-    arm: str  # client-i, federated, fedavg-lora, union or public-ce
+    arm: str  # client-i, federated, fedavg-lora, union, public-ce, federated-dp, forget or retrain-without
     round: int  # the round whose student it is; 0 for a client
     seed: int | None  # None: a client, the same model for every seed
     directory: str
@@ -236,22 +257,143 @@ def distil_rounds(config: FederateConfig, datasets: list[Path]) -> Path:
     return Path(student)
 
 
-def exact_match(
-    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
-) -> list[float]:
-    """Greedy exact match per problem, kept in `cache` (a file per model, keyed by its weights file and the
-    problems) so that a rerun, or another seed's run beside this one, scores each model once."""
+def scored_rounds(
+    arm: str,
+    config: FederateConfig,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    cache: Path,
+) -> list[Measured]:
+    """Every round's global student of a finished federation, scored."""
+    students = [round_dir(config.output_dir, r) / STUDENT_DIR for r in range(1, config.num_rounds + 1)]
+    return [
+        Measured(arm, r, seed, str(student), exact_match(student, tokenizer, problems, cache))
+        for r, student in enumerate(students, start=1)
+    ]
+
+
+def cached_per_problem(
+    directory: Path, problems: list[Problem], cache: Path, what: str, measure: Callable[[], list]
+) -> list:
+    """`measure()` of one model on `problems`, kept in `cache` (a file per model and measure, keyed by its
+    weights file and the problems) so that a rerun, or another seed's run beside this one, runs it once."""
     weights = directory / "model.safetensors"
     key = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, [p.id for p in problems]])
+    if what != "exact_match":  # the first measure's files keep their names
+        key += what
     path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    correct, _ = problem_scores(AutoModelForCausalLM.from_pretrained(directory), tokenizer, problems)
+    values = measure()
     cache.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(f".{os.getpid()}.tmp")
-    temp.write_text(json.dumps(correct))
+    temp.write_text(json.dumps(values))
     os.replace(temp, path)  # whole or absent: two runs may score side by side
-    return correct
+    return values
+
+
+def exact_match(
+    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
+) -> list[float]:
+    """Greedy exact match per problem (cached)."""
+    return cached_per_problem(
+        directory,
+        problems,
+        cache,
+        "exact_match",
+        lambda: problem_scores(AutoModelForCausalLM.from_pretrained(directory), tokenizer, problems)[0],
+    )
+
+
+def completions(
+    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
+) -> list[str]:
+    """The greedy completion of every problem (cached): what two students' agreement is measured on."""
+    return cached_per_problem(
+        directory,
+        problems,
+        cache,
+        "completions",
+        lambda: greedy_completions(AutoModelForCausalLM.from_pretrained(directory), tokenizer, problems),
+    )
+
+
+def largest_weight_difference(a: Path, b: Path) -> float:
+    """max |w_a - w_b| over every weight of two models of the same shape."""
+    first = AutoModelForCausalLM.from_pretrained(a).state_dict()
+    second = AutoModelForCausalLM.from_pretrained(b).state_dict()
+    return max(float((first[name] - second[name]).abs().max()) for name in first)
+
+
+def train_seconds(output_dir: str | Path, rounds: int) -> float:
+    """Training seconds of a run's round students, as each student's compute.json recorded them."""
+    return sum(
+        json.loads((round_dir(output_dir, r) / STUDENT_DIR / "compute.json").read_text())["train_seconds"]
+        for r in range(1, rounds + 1)
+    )
+
+
+def unlearning_costs(
+    federated: FederateConfig,
+    retrain: FederateConfig,
+    forgotten: str,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    cache: Path,
+) -> dict:
+    """The forget path against the retrain from scratch, for one seed: agreement of their final students
+    and what each path cost (module docstring)."""
+    unlearned = Path(federated.output_dir) / f"forget-{forgotten}"
+    summary = json.loads((unlearned / FORGET_FILE).read_text())
+    rounds = federated.num_rounds
+    first = summary["first_round_influenced"]
+    records = [RoundRecord.load(round_dir(retrain.output_dir, r)) for r in range(1, rounds + 1)]
+    same = [
+        a == b
+        for a, b in zip(
+            completions(Path(summary["student"]), tokenizer, problems, cache),
+            completions(round_dir(retrain.output_dir, rounds) / STUDENT_DIR, tokenizer, problems, cache),
+            strict=True,
+        )
+    ]
+    return {
+        "rounds_retrained": summary["rounds_retrained"],
+        "identical_completions": sum(same) / len(same),
+        "largest_weight_difference": largest_weight_difference(
+            Path(summary["student"]), round_dir(retrain.output_dir, rounds) / STUDENT_DIR
+        ),
+        "forget_seconds": summary["seconds"],
+        "forget_train_seconds": sum(
+            json.loads((round_dir(unlearned, r) / STUDENT_DIR / "compute.json").read_text())["train_seconds"]
+            for r in range(first, rounds + 1)
+        ),
+        "retrain_train_seconds": train_seconds(retrain.output_dir, rounds),
+        "retrain_labelling_seconds": sum(record.seconds for record in records),
+        "retrain_bytes": sum(sum(record.bytes_received.values()) for record in records),
+    }
+
+
+def unlearning_table(costs: dict[int, dict], forgotten: str) -> str:
+    """Per seed: how alike the unlearned and the retrained student are, and what each path cost."""
+    header = ["seed", "rounds retrained", "identical greedy completions", "largest |weight difference|"]
+    header += ["forget: seconds (training)", "retrain: training s", "retrain: labelling s"]
+    header += ["retrain: bytes from clients"]
+    rows = [
+        [
+            seed,
+            c["rounds_retrained"],
+            f"{c['identical_completions']:.1%}",
+            f"{c['largest_weight_difference']:.2e}",
+            f"{c['forget_seconds']:.0f} ({c['forget_train_seconds']:.0f})",
+            f"{c['retrain_train_seconds']:.0f}",
+            f"{c['retrain_labelling_seconds']:.0f}",
+            f"{c['retrain_bytes']:,}",
+        ]
+        for seed, c in sorted(costs.items())
+    ]
+    title = f"Unlearning {forgotten}: `--forget {forgotten}` against a federation run without it\n\n"
+    return title + markdown_table(header, rows, numeric=range(len(header)))
 
 
 def cell(scores: np.ndarray, interval: bool = True) -> str:
@@ -277,10 +419,12 @@ def summary_table(
     seeds: list[int],
     rounds: int,
     sent: dict[str, list[float]],
+    names: dict[str, str],
 ) -> str:
     """Each model's exact match overall and per level and the bytes it cost (per round: the last round's),
     then the final global student minus the best client, fedavg-lora, the union and the public-ce control,
-    paired by seed and problem."""
+    paired by seed and problem; with the optional arms, federated-dp − federated, forget − retrain-without
+    and federated − retrain-without. `names`: how an arm's rows name it."""
     levels = sorted(set(problem_levels.tolist()))
     header = ["model", "seeds", "exact match ± sd [95% CI]", *(f"level {lv}" for lv in levels)]
     header += ["bytes sent, round", "bytes sent, total"]
@@ -299,11 +443,12 @@ def summary_table(
     rows = []
     for client in clients:  # a client alone sends nothing
         rows.append(row(f"{client} alone", scores_of(measured, client, 0, seeds[:1]), "0", "0"))
-    for arm in (FEDERATED, FEDAVG_LORA):
+    present = {m.arm for m in measured}
+    for arm in (a for a in (FEDERATED, DP, CO_DISTILL, FEDAVG_LORA) if a in present):
         for r in range(1, rounds + 1):
             rows.append(
                 row(
-                    f"{arm}, round {r}",
+                    f"{names.get(arm, arm)}, round {r}",
                     scores_of(measured, arm, r, seeds),
                     f"{sent[arm][r - 1]:,.0f}",
                     f"{sum(sent[arm][:r]):,.0f}",
@@ -320,12 +465,40 @@ def summary_table(
     )
     public_ce = scores_of(measured, PUBLIC_CE, rounds, seeds)
     rows.append(row(f"public-ce (no client), round {rounds}", public_ce, "0", "0"))
+    for arm in (a for a in (FORGET, RETRAIN) if a in present):
+        total = f"{sum(sent[arm]):,.0f}"
+        rows.append(row(f"{names[arm]}, round {rounds}", scores_of(measured, arm, rounds, seeds), "-", total))
     best = max(clients, key=lambda c: float(scores_of(measured, c, 0, seeds[:1]).mean()))
     final = scores_of(measured, FEDERATED, rounds, seeds)
     rows.append(paired(f"federated − best client ({best})", final, scores_of(measured, best, 0, seeds)))
     rows.append(paired("federated − fedavg-lora", final, scores_of(measured, FEDAVG_LORA, rounds, seeds)))
     rows.append(paired("federated − union", final, union))
     rows.append(paired("federated − public-ce", final, public_ce))
+    if DP in present:
+        rows.append(paired("federated-dp − federated", scores_of(measured, DP, rounds, seeds), final))
+    if CO_DISTILL in present:
+        co_distilled = scores_of(measured, CO_DISTILL, rounds, seeds)
+        rows.append(paired("co-distill − federated", co_distilled, final))
+        for client in (c for c in clients if f"{client} co-distilled" in present):
+            rows.append(
+                row(
+                    f"{client} after co-distilling",
+                    scores_of(measured, f"{client} co-distilled", rounds, seeds),
+                    "-",
+                    "-",
+                )
+            )
+            rows.append(
+                paired(
+                    f"{client} after co-distilling − alone",
+                    scores_of(measured, f"{client} co-distilled", rounds, seeds),
+                    scores_of(measured, client, 0, seeds),
+                )
+            )
+    if FORGET in present:
+        retrained = scores_of(measured, RETRAIN, rounds, seeds)
+        rows.append(paired("forget − retrain-without", scores_of(measured, FORGET, rounds, seeds), retrained))
+        rows.append(paired("federated − retrain-without", final, retrained))
     return markdown_table(header, rows, numeric=range(1, len(header)))
 
 
@@ -339,7 +512,12 @@ def plot_rounds(measured: list[Measured], seeds: list[int], rounds: int, path: P
 
     figure, axes = plt.subplots(figsize=(8, 4))
     x = list(range(1, rounds + 1))
-    for arm, label in ((FEDERATED, "federated global student"), (FEDAVG_LORA, "fedavg-lora global student")):
+    arms = [(FEDERATED, "federated global student"), (FEDAVG_LORA, "fedavg-lora global student")]
+    arms += [(DP, "federated, noised labels")] if any(m.arm == DP for m in measured) else []
+    arms += (
+        [(CO_DISTILL, "federated, clients co-distil")] if any(m.arm == CO_DISTILL for m in measured) else []
+    )
+    for arm, label in arms:
         points = [
             seed_problem_bootstrap(scores_of(measured, arm, r, seeds), BOOTSTRAP_SEED, BOOTSTRAP_RESAMPLES)
             for r in x
@@ -381,6 +559,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-rounds", type=int, help="default: the federate recipe's")
     parser.add_argument("--prompts-per-round", type=int, help="default: the federate recipe's")
     parser.add_argument("--test-problems", type=int, default=100, help="test problems per client level")
+    parser.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=1.0,
+        help="the federated-dp arm's noise multiplier; 0: no such arm",
+    )
+    parser.add_argument(
+        "--co-distill-recipe",
+        default="recipes/demo/federated_co_distill.yaml",
+        help="the co-distill arm's clients' local recipe (the federation with co_distill_recipe); '': none",
+    )
+    parser.add_argument(
+        "--forget-client", default="client-1", help="the forget and retrain-without arms' client; '': none"
+    )
     parser.add_argument("--output-dir", default="outputs/federate_study")
     return parser.parse_args(argv)
 
@@ -396,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--num_rounds", args.num_rounds), ("--prompts_per_round", args.prompts_per_round)):
         overrides += [flag, str(value)] if value is not None else []
     (recipe,) = parse_recipe(args.federate_recipe, (FederateConfig,), overrides)
+    recipe = dataclasses.replace(recipe, evaluate_recipe=None)  # every arm is scored here, the same way
     train_recipe, rounds = args.train_recipe or recipe.train_recipe, recipe.num_rounds
     levels = sorted(set(clients.client_levels))
     problems = [p for lv in levels for p in generate_problems("test", args.test_problems, [lv], TEST_SEED)]
@@ -410,6 +603,15 @@ def main(argv: list[str] | None = None) -> int:
     federated_bytes: dict[int, list[int]] = {}  # seed -> bytes the server received per round
     fedavg_sent: dict[int, dict[str, list[int]]] = {}  # seed -> bytes each way per round
     client_text: list[str] | None = None
+    dp_bytes: dict[int, list[int]] = {}
+    co_distill_bytes: dict[int, dict[str, list[int]]] = {}  # seed -> labels up, consensus down
+    privacy: dict[int, dict] = {}  # seed -> the dp arm's last round's privacy report
+    forget_bytes: dict[int, list[int]] = {}  # seed -> the retrain's bytes per round (the forget path: none)
+    unlearning: dict[int, dict] = {}
+    forgotten = args.forget_client
+    if forgotten and forgotten not in {f"client-{i}" for i in range(len(client_dirs))}:
+        last = len(client_dirs) - 1
+        raise SystemExit(f"--forget-client {forgotten}: the clients are client-0 .. client-{last}")
     for seed in args.seeds:
         init = out / f"init-student-seed{seed}"
         save_initial_model("student", tokenizer, init, seed)
@@ -458,11 +660,56 @@ def main(argv: list[str] | None = None) -> int:
             UNION: distil_rounds(union, union_data),
             PUBLIC_CE: distil_rounds(public_ce, consensus),
         }
-        for r in range(1, rounds + 1):
-            student = round_dir(federated.output_dir, r) / STUDENT_DIR
-            measured.append(
-                Measured(FEDERATED, r, seed, str(student), exact_match(student, tokenizer, problems, scored))
+        measured += scored_rounds(FEDERATED, federated, seed, tokenizer, problems, scored)
+        if args.dp_noise_multiplier:
+            noised = dataclasses.replace(
+                federated,
+                output_dir=str(out / f"{DP}-seed{seed}"),
+                dp_noise_multiplier=args.dp_noise_multiplier,
             )
+            federate(noised)
+            dp_bytes[seed] = round_bytes(noised)
+            privacy[seed] = RoundRecord.load(round_dir(noised.output_dir, rounds)).privacy
+            measured += scored_rounds(DP, noised, seed, tokenizer, problems, scored)
+        if args.co_distill_recipe:
+            co_distilling = dataclasses.replace(
+                federated,
+                output_dir=str(out / f"{CO_DISTILL}-seed{seed}"),
+                co_distill_recipe=args.co_distill_recipe,
+            )
+            federate(co_distilling)
+            co_distill_bytes[seed] = {
+                "clients_sent": round_bytes(co_distilling),
+                "server_sent": [
+                    sum(
+                        json.loads((round_dir(co_distilling.output_dir, r) / CO_DISTILL_FILE).read_text())[
+                            "bytes_sent"
+                        ].values()
+                    )
+                    for r in range(1, rounds + 1)
+                ],
+            }
+            measured += scored_rounds(CO_DISTILL, co_distilling, seed, tokenizer, problems, scored)
+            federation_id = co_distilling.co_distill_federation()
+            for i, model in enumerate(client_dirs):  # each client's own model after the last round
+                after = Path(f"{model}-co-distilled") / federation_id / f"round-{rounds:03d}" / "model"
+                arm = f"client-{i} co-distilled"
+                measured.append(
+                    Measured(arm, rounds, seed, str(after), exact_match(after, tokenizer, problems, scored))
+                )
+        if forgotten:
+            federate(dataclasses.replace(federated, forget=[forgotten]))
+            kept = [str(d) for i, d in enumerate(client_dirs) if f"client-{i}" != forgotten]
+            retrain = dataclasses.replace(
+                federated, output_dir=str(out / f"{RETRAIN}-seed{seed}"), client_models=kept
+            )
+            federate(retrain)
+            forget_bytes[seed] = round_bytes(retrain)
+            finals |= {
+                FORGET: round_dir(Path(federated.output_dir) / f"forget-{forgotten}", rounds) / STUDENT_DIR,
+                RETRAIN: round_dir(retrain.output_dir, rounds) / STUDENT_DIR,
+            }
+            unlearning[seed] = unlearning_costs(federated, retrain, forgotten, tokenizer, problems, scored)
         for arm, student in finals.items():
             measured.append(
                 Measured(arm, rounds, seed, str(student), exact_match(student, tokenizer, problems, scored))
@@ -475,14 +722,39 @@ def main(argv: list[str] | None = None) -> int:
         FEDAVG_LORA: list(np.mean([b["clients_sent"] for b in fedavg_sent.values()], axis=0)),
         UNION: union_bytes,
     }
-    table = summary_table(measured, problem_levels, args.seeds, rounds, sent)
+    names = {}
+    if privacy:
+        sent[DP] = list(np.mean(list(dp_bytes.values()), axis=0))
+    if co_distill_bytes:
+        sent[CO_DISTILL] = list(np.mean([b["clients_sent"] for b in co_distill_bytes.values()], axis=0))
+        report = next(iter(privacy.values()))
+        epsilon = max(max(p["epsilon"].values()) for p in privacy.values())
+        z, delta = report["noise_multiplier"], report["delta"]
+        names[DP] = f"federated-dp z={z:g} (ε ≤ {epsilon:.3g} at δ={delta:g})"
+    if unlearning:
+        sent[FORGET] = [0] * rounds  # the forget path asks no client
+        sent[RETRAIN] = list(np.mean(list(forget_bytes.values()), axis=0))
+        names[FORGET] = f"forget {forgotten} (unlearned)"
+        names[RETRAIN] = f"retrained without {forgotten}"
+    table = summary_table(measured, problem_levels, args.seeds, rounds, sent, names)
+    if unlearning:
+        table += "\n\n" + unlearning_table(unlearning, forgotten)
     command = shlex.join(
         [".venv/bin/python", "benchmarks/federate_study.py", *(sys.argv[1:] if argv is None else argv)]
     )
     text = f"Command: `{command}`\n\n{table}"
     data = {
         "problems": [{"id": p.id, "level": p.level} for p in problems],
-        "bytes_per_round": {FEDERATED: federated_bytes, FEDAVG_LORA: fedavg_sent, UNION: union_bytes},
+        "bytes_per_round": {
+            FEDERATED: federated_bytes,
+            FEDAVG_LORA: fedavg_sent,
+            UNION: union_bytes,
+            DP: dp_bytes,
+            CO_DISTILL: co_distill_bytes,
+            RETRAIN: forget_bytes,
+        },
+        "privacy": privacy,
+        "unlearning": unlearning,
         "models": [dataclasses.asdict(m) for m in measured],
     }
     write_results(out, STUDY, data, text)

@@ -5,6 +5,8 @@ Which model a client runs, and its name, come from its SuperNode's node config:
 
     flower-supernode ... --node-config "model-dir='/data/my-model' client-name='hospital-a'"
 
+(and, with co-distillation, `state-dir='/data/co-distilled'`: where it keeps its co-distilled models.)
+
 In Flower's simulation (`reasondistill federate`), client i is partition i and runs the i-th of the
 recipe's `client_models`, named client-i. A Flower simulation process serves several clients in turn, so
 models, engines and public sets are cached per process, keyed by what they depend on.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from reasondistill.core.engines import EngineConfig, ScoringEngine, load_engine
 from reasondistill.core.traces import encode_logprobs, tokenizer_fingerprint
+from reasondistill.federate.co_distillation import co_distill_locally, current_model, state_dir
 from reasondistill.federate.privacy import LabelNoise, noised_labels
 from reasondistill.federate.public_set import PublicExample, load_public_set
 from reasondistill.federate.soft_labels import REQUEST, SoftLabels, prompt_set_digest
@@ -37,7 +40,7 @@ def _tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-@cache
+@lru_cache(maxsize=4)  # co-distilling clients score with a new model each round: old ones are let go
 def _engine(model_dir: str, backend: str, k: int) -> ScoringEngine:
     return load_engine(EngineConfig(teacher=model_dir, backend=backend, logprobs=k), scoring=True)
 
@@ -47,12 +50,18 @@ def _public_set(model_dir: str, settings_json: str) -> dict[str, PublicExample]:
     return load_public_set(json.loads(settings_json), _tokenizer(model_dir))
 
 
+def public_settings(request: ConfigRecord) -> str:
+    """The request's public-set settings as a cache key (what every round of a federation shares)."""
+    settings = {key: value for key, value in request.items() if key not in ("round", "prompt-ids")}
+    return json.dumps(settings, sort_keys=True)
+
+
 def soft_labels_for(request: ConfigRecord, model_dir: str, client: str) -> SoftLabels:
     """This client's answer to a round's request: its model's top-k on each named public completion, through
     the Gaussian mechanism of privacy.py first if the request sets a noise multiplier."""
-    settings = {key: value for key, value in request.items() if key not in ("round", "prompt-ids")}
+    settings = json.loads(public_settings(request))
     prompt_ids = list(request["prompt-ids"])
-    public = _public_set(model_dir, json.dumps(settings, sort_keys=True))
+    public = _public_set(model_dir, public_settings(request))
     if unknown := [pid for pid in prompt_ids if pid not in public]:
         raise KeyError(f"{client}: prompt ids not in its public set: {unknown[:5]}")
     examples = [public[pid] for pid in prompt_ids]
@@ -90,6 +99,15 @@ def soft_labels_for(request: ConfigRecord, model_dir: str, client: str) -> SoftL
     )
 
 
+def labelling_model(request: ConfigRecord, model_dir: str, context: Context) -> str:
+    """The model that answers a round: with co-distillation, the client's latest co-distilled one."""
+    federation = str(request["co-distill-federation"])
+    if not federation:
+        return model_dir
+    state = state_dir(model_dir, context.node_config.get("state-dir"))
+    return current_model(model_dir, state, federation, int(request["round"]))
+
+
 def client_identity(context: Context, simulated_models: Sequence[str]) -> tuple[str, str]:
     """(model directory, client name) from the node config: named by a deployment, or by the partition."""
     node = context.node_config
@@ -101,18 +119,30 @@ def client_identity(context: Context, simulated_models: Sequence[str]) -> tuple[
     raise ValueError("this SuperNode names no model: start it with --node-config \"model-dir='DIR'\"")
 
 
+def answer_query(message: Message, context: Context, models: Sequence[str]) -> Message:
+    """A round's request -> this client's soft labels (with co-distillation: from its latest model)."""
+    model_dir, client = client_identity(context, models)
+    request = message.content[REQUEST]
+    labels = soft_labels_for(request, labelling_model(request, model_dir, context), client)
+    logger.info(f"{client}: soft labels for {len(labels.token_counts)} prompts, round {labels.round}")
+    return Message(labels.to_content(), reply_to=message)
+
+
+def answer_co_distill(message: Message, context: Context, models: Sequence[str]) -> Message:
+    """A round's consensus -> this client distils its own model on it and says so (co_distillation.py)."""
+    model_dir, client = client_identity(context, models)
+    public = _public_set(model_dir, public_settings(message.content[REQUEST]))
+    state = state_dir(model_dir, context.node_config.get("state-dir"))
+    answer = co_distill_locally(message.content, model_dir, client, state, public)
+    return Message(answer.to_content(), reply_to=message)
+
+
 def build_client_app(simulated_models: Sequence[str] = ()) -> ClientApp:
     """The ClientApp; `simulated_models[i]` is the model of simulated partition i (deployments: none)."""
     app = ClientApp()
     models = tuple(simulated_models)
-
-    @app.query()
-    def answer(message: Message, context: Context) -> Message:
-        model_dir, client = client_identity(context, models)
-        labels = soft_labels_for(message.content[REQUEST], model_dir, client)
-        logger.info(f"{client}: soft labels for {len(labels.token_counts)} prompts, round {labels.round}")
-        return Message(labels.to_content(), reply_to=message)
-
+    app.query()(lambda message, context: answer_query(message, context, models))
+    app.train()(lambda message, context: answer_co_distill(message, context, models))
     return app
 
 

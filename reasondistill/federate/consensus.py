@@ -39,10 +39,24 @@ def consensus_records(
         k,
     )  # [N, k] over the round's N completion tokens
     sampled = mix_logprobs([contributions[c].sampled_logprob for c in clients], w)  # [N]
-    first = contributions[clients[0]]  # validated: every client's rows line up with the same token counts
+    # validated: every client's rows line up with the same token counts
+    return trace_records(examples, ids, logprobs, sampled, contributions[clients[0]].token_counts, tokenizer)
+
+
+def trace_records(
+    examples: Sequence[PublicExample],
+    topk_ids: np.ndarray,
+    topk_logprobs: np.ndarray,
+    sampled_logprob: np.ndarray,
+    token_counts: np.ndarray,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[dict]:
+    """Trace records of labels [N, k] / [N] over the completion tokens of `examples` (token_counts[p] rows
+    each, in order): the public prompt and completion, graded, beside its rows of the labels."""
+    ends = np.cumsum(token_counts)
     records = []
     for p, example in enumerate(examples):
-        rows = first.rows(p)
+        rows = slice(int(ends[p] - token_counts[p]), int(ends[p]))
         completion = tokenizer.decode(example.completion_token_ids, skip_special_tokens=True)
         verdict = grade(completion, example.gold_answer, "number")
         records.append(
@@ -54,9 +68,9 @@ def consensus_records(
                 "prompt_token_ids": np.asarray(example.prompt_token_ids),
                 "completion": completion,
                 "completion_token_ids": np.asarray(example.completion_token_ids),
-                "topk_ids": ids[rows],
-                "topk_logprobs": logprobs[rows],
-                "sampled_logprob": sampled[rows],
+                "topk_ids": topk_ids[rows],
+                "topk_logprobs": topk_logprobs[rows],
+                "sampled_logprob": sampled_logprob[rows],
                 "finish_reason": "stop",
                 "extracted_answer": verdict.extracted,
                 "gold_answer": example.gold_answer,

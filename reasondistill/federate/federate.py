@@ -2,7 +2,8 @@
 
 Phases: read the recipe -> check OUTPUT_DIR (one run per directory; an unfinished run of the same settings
 is resumed after its last completed round) -> start Flower's simulation (ServerApp server_app.py, one
-ClientApp per `client_models` entry, client_app.py) -> mark the run finished. With `--forget CLIENT`,
+ClientApp per `client_models` entry, client_app.py) -> mark the run finished -> with `evaluate_recipe`,
+evaluate every round's global student (round_report.py). With `--forget CLIENT`,
 no simulation: the finished run's clients are unlearned instead (unlearning.py).
 
 The Simulation Engine runs each ClientApp in a Ray worker process (Flower's only simulation backend);
@@ -12,7 +13,6 @@ ClientApp run unchanged under `flwr run` against a SuperLink (docs/federate.md).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -24,6 +24,7 @@ from reasondistill.core.run_reuse import check_run_dir, run_unless_done
 from reasondistill.federate.client_app import build_client_app
 from reasondistill.federate.fedavg_lora_config import FedAvgLoraConfig
 from reasondistill.federate.federate_config import FederateConfig
+from reasondistill.federate.round_report import evaluate_config_of, report_rounds
 from reasondistill.federate.server_app import RECIPE_FILE, build_server_app
 from reasondistill.federate.unlearning import forget_clients
 
@@ -43,8 +44,8 @@ def federate(
     """Run (or resume) the federation of `config`; returns OUTPUT_DIR. `server_app` / `client_app` replace
     the default apps (tests wrap them to watch or fault them)."""
     out = Path(config.output_dir)
-    if config.forget:  # on the federation's recorded settings, which have no `forget`
-        federation = dataclasses.replace(config, forget=[])
+    federation = config.recorded_settings()
+    if config.forget:
         record = check_run_dir([federation], out / RECIPE_FILE)
         if record.state != "finished" or not record.same:
             raise ValueError(f"{out} holds no finished federation of these settings to forget clients from")
@@ -55,8 +56,10 @@ def federate(
             f"client_models names {len(config.client_models)} simulated clients, fewer than "
             f"min_clients={config.min_clients}"
         )
+    if config.evaluate_recipe is not None:
+        evaluate_config_of(config)  # a bad evaluate recipe fails now, not after the rounds
     run_unless_done(
-        [config],
+        [federation],
         out / RECIPE_FILE,
         lambda: run_simulation(
             server_app=server_app or build_server_app(config),
@@ -66,6 +69,8 @@ def federate(
         ),
         overwrite=config.overwrite,
     )
+    if config.evaluate_recipe is not None:
+        report_rounds(config)
     return out
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reasondistill.core.engines import EngineBackend
+from reasondistill.core.recipe import locate_recipe
 
 
 @dataclass
@@ -96,6 +101,27 @@ class FederateConfig:
     dp_delta: float = field(
         default=1e-5, metadata={"help": "delta at which the server reports each client's epsilon."}
     )
+    co_distill_recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "Off when unset. A `reasondistill train` recipe the clients distil their own models "
+            "with on each round's consensus, which the server then sends them (FedMD-style co-distillation, "
+            "federate/co_distillation.py); their next labels come from the co-distilled models. Makes "
+            "--forget approximate (docs/federate.md)."
+        },
+    )
+    # after the rounds (round_report.py): not part of the run's recorded settings
+    evaluate_recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "Off when unset. A `reasondistill evaluate` recipe (one benchmark) the initial and every "
+            "round's global student are evaluated with once the rounds are done: OUTPUT_DIR/federate.md "
+            "(accuracy, clients and bytes per round), federate_accuracy.png and report/."
+        },
+    )
+    evaluate_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Command-line overrides of evaluate_recipe's settings."}
+    )
     # simulation (Flower's Simulation Engine, Ray backend)
     num_cpus_per_client: float = field(
         default=1.0, metadata={"help": "CPUs Ray reserves per client process (2 cores: 1 runs two at once)."}
@@ -133,6 +159,11 @@ class FederateConfig:
         if self.round_timeout is not None and not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be > 0 seconds (or unset: wait), got {self.round_timeout}")
 
+    def recorded_settings(self) -> FederateConfig:
+        """The settings OUTPUT_DIR's run record holds: what made the rounds, not what is done with them
+        after (`forget`, the evaluation), so that those run on the finished federation."""
+        return dataclasses.replace(self, forget=[], evaluate_recipe=None, evaluate_overrides=[])
+
     @property
     def public_num_prompts(self) -> int:
         """Public prompts the run names over all its rounds."""
@@ -153,4 +184,22 @@ class FederateConfig:
             "client-backend": self.client_backend,
             "dp-noise-multiplier": self.dp_noise_multiplier or 0.0,  # 0: no noise (a record holds no None)
             "dp-clip-norm": self.dp_clip_norm,
+            "co-distill-federation": self.co_distill_federation(),  # "": no co-distillation
         }
+
+    def co_distill_federation(self) -> str:
+        """The id under which co-distilling clients keep this federation's models ("" when off): a hash of
+        the run's output directory, public set, labels and local recipe, so two federations never share."""
+        if self.co_distill_recipe is None:
+            return ""
+        settings = {
+            "output_dir": str(Path(self.output_dir).resolve()),
+            "recipe": self.co_distill_recipe_text(),
+            "public": [self.public_prompts, self.public_split, self.public_task_levels, self.public_seed],
+            "labels": [self.k, self.num_rounds, self.prompts_per_round, self.dp_noise_multiplier, self.seed],
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def co_distill_recipe_text(self) -> str:
+        """The clients' local recipe as the server sends it (a packaged demo recipe is found too)."""
+        return locate_recipe(self.co_distill_recipe).read_text()

@@ -5,6 +5,7 @@ what `--forget` recomputes the consensus from.
     OUTPUT_DIR/round-001/contributions/NAME.npz   each accepted client's soft labels, as received
     OUTPUT_DIR/round-001/consensus/               the consensus trace dataset (consensus.py)
     OUTPUT_DIR/round-001/round.json               RoundRecord, written last: the round's labels are complete
+    OUTPUT_DIR/round-001/co_distill.json          with co_distill_recipe: who distilled on the consensus
     OUTPUT_DIR/round-001/student/                 the student distilled on the consensus (`train`)
 
 A round directory without round.json is an interrupted round: it is deleted and the round asked again.
@@ -25,6 +26,7 @@ import numpy as np
 from reasondistill.federate.soft_labels import REPLY_ARRAYS, SoftLabels
 
 ROUND_FILE = "round.json"
+CO_DISTILL_FILE = "co_distill.json"  # with co_distill_recipe: who distilled on the round's consensus
 CONTRIBUTIONS_DIR, CONSENSUS_DIR, STUDENT_DIR = "contributions", "consensus", "student"
 
 
@@ -54,11 +56,12 @@ class RoundRecord:
         return cls(**json.loads((directory / ROUND_FILE).read_text()))
 
 
-def save_round_file(directory: Path, record: dict) -> None:
-    """Write a round's record as round.json atomically (written last: it marks the round complete)."""
-    temp = directory / f".{ROUND_FILE}.tmp"
+def save_round_file(directory: Path, record: dict, name: str = ROUND_FILE) -> None:
+    """Write a round's record (round.json, co_distill.json) atomically: written last, it marks what it
+    records complete."""
+    temp = directory / f".{name}.tmp"
     temp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temp, directory / ROUND_FILE)
+    os.replace(temp, directory / name)
 
 
 def completed_rounds(output_dir: str | Path, num_rounds: int) -> int:

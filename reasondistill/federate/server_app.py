@@ -19,27 +19,34 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 import flwr
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
-from trl import ModelConfig
 
 from reasondistill.core.engines import LOGPROBS_MODE
 from reasondistill.core.logs import setup_logging
 from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.run_reuse import run_unless_done
 from reasondistill.core.traces import TraceInfo, fingerprint_settings, tokenizer_fingerprint
+from reasondistill.federate.co_distillation import (
+    CoDistilled,
+    co_distill_content,
+    consensus_labels,
+    distil_on_traces,
+)
 from reasondistill.federate.consensus import consensus_records, write_consensus
 from reasondistill.federate.federate_config import FederateConfig
 from reasondistill.federate.privacy import epsilon_spent
 from reasondistill.federate.public_set import PublicExample, load_public_set
+from reasondistill.federate.round_report import evaluate_config_of, report_rounds
 from reasondistill.federate.rounds import (
+    CO_DISTILL_FILE,
     CONSENSUS_DIR,
     CONTRIBUTIONS_DIR,
     STUDENT_DIR,
@@ -47,6 +54,7 @@ from reasondistill.federate.rounds import (
     completed_rounds,
     round_dir,
     save_contribution,
+    save_round_file,
 )
 from reasondistill.federate.soft_labels import (
     MalformedReply,
@@ -56,8 +64,6 @@ from reasondistill.federate.soft_labels import (
     request_content,
 )
 from reasondistill.federate.validation import RejectedReply, RoundRequest, check_reply
-from reasondistill.train.distill_config import DistillConfig
-from reasondistill.train.train import train_unless_done
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +122,25 @@ class RoundReplies(Generic[Reply]):
     bytes_received: dict[str, int]
 
 
+def value_bytes(value: object) -> int:
+    """A config entry's bytes as Flower's `ConfigRecord.count_bytes` counts them (bool 1, int and float 8,
+    str and bytes their length, a list its elements'), except that an empty string is 0 bytes, not an
+    error (flwr 1.32 raises on it; the requests hold empty strings for unset settings)."""
+    if isinstance(value, list):
+        return sum(value_bytes(element) for element in value)
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 1 if isinstance(value, bool) else 8
+
+
 def content_bytes(content: RecordDict) -> int:
     """Bytes of a message's records as Flower counts them (array data and names, config entries)."""
-    return sum(record.count_bytes() for record in content.values())
+    return sum(
+        sum(len(key) + value_bytes(value) for key, value in record.items())
+        if isinstance(record, ConfigRecord)
+        else record.count_bytes()
+        for record in content.values()
+    )
 
 
 def gather_replies(
@@ -308,14 +330,73 @@ def label_round(
 def distil_round(config: FederateConfig, round_number: int, consensus: Path, student: str) -> str:
     """Distil `student` on a round's consensus with the train recipe into the round's student directory."""
     out = round_dir(config.output_dir, round_number) / STUDENT_DIR
-    placed = ["--model_name_or_path", student, "--traces", str(consensus), "--output_dir", str(out)]
-    model_args, args = parse_recipe(config.train_recipe, (ModelConfig, DistillConfig), placed)
-    if model_args.use_peft:
-        raise ValueError(
-            f"{config.train_recipe}: use_peft is not supported by federate yet (full students only)"
-        )
-    train_unless_done(model_args, args, resume_unfinished=True)
-    return str(out)
+    return distil_on_traces(config.train_recipe, student, consensus, out)
+
+
+@dataclass(frozen=True)
+class CoDistillRecord:
+    """Who distilled their own model on a round's consensus (co_distill.json, written last), who did not,
+    and the bytes each way."""
+
+    round: int
+    co_distilled: list[str]
+    rejected: dict[str, str]
+    missing: list[str]
+    bytes_sent: dict[str, int]  # client -> bytes of the consensus message it was sent
+    bytes_received: dict[str, int]
+    seconds: float
+
+
+def co_distill_round(
+    grid: Grid, config: FederateConfig, public: PublicSide, round_number: int, names: dict
+) -> None:
+    """Send a round's consensus to every connected client to distil its own model on (co_distillation.py)
+    and record who did; a client that fails or is late keeps its older model, the federation goes on."""
+    started = time.time()
+    directory = round_dir(config.output_dir, round_number)
+    request = public.request(config, round_number)
+    query = request_content(round_number, request.prompt_ids, config.recipe_settings())
+    consensus = consensus_labels(directory / CONSENSUS_DIR, request)
+    content = co_distill_content(
+        query, consensus, config.co_distill_recipe_text(), config.co_distill_federation()
+    )
+    nodes = wait_for_nodes(grid, config.min_clients)
+    messages = [
+        Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(round_number))
+        for node in nodes
+    ]
+
+    def check(answer: CoDistilled) -> None:
+        if answer.round != round_number:
+            raise RejectedReply(f"answers round {answer.round}, not {round_number}")
+
+    replies = gather_replies(
+        grid,
+        messages,
+        round_number,
+        config.round_timeout,
+        names,
+        CoDistilled.from_content,
+        check,
+        (ValueError,),
+        "co-distillation answer",
+    )
+    sent = content_bytes(content)
+    record = CoDistillRecord(
+        round=round_number,
+        co_distilled=sorted(replies.accepted),
+        rejected=replies.rejected,
+        missing=replies.missing,
+        bytes_sent={names.get(node, f"node {node}"): sent for node in nodes},
+        bytes_received=replies.bytes_received,
+        seconds=round(time.time() - started, 1),
+    )
+    save_round_file(directory, asdict(record), CO_DISTILL_FILE)
+    logger.info(
+        f"round {round_number}: {record.co_distilled} co-distilled on the consensus"
+        + (f"; missing {record.missing}" if record.missing else "")
+        + (f"; rejected {sorted(record.rejected)}" if record.rejected else "")
+    )
 
 
 def run_server(grid: Grid, config: FederateConfig) -> str:
@@ -329,6 +410,9 @@ def run_server(grid: Grid, config: FederateConfig) -> str:
     for round_number in range(1, config.num_rounds + 1):
         if round_number > done:
             label_round(grid, config, public, round_number, names)
+        recorded = (round_dir(config.output_dir, round_number) / CO_DISTILL_FILE).exists()
+        if config.co_distill_recipe is not None and not recorded:
+            co_distill_round(grid, config, public, round_number, names)
         consensus = round_dir(config.output_dir, round_number) / CONSENSUS_DIR
         student = distil_round(config, round_number, consensus, student)
     logger.info(f"federated student after {config.num_rounds} rounds: {student}")
@@ -363,9 +447,13 @@ def deployment_main(grid: Grid, context: Context) -> None:
     if config.forget:
         raise ValueError("forget asks no client: run `reasondistill federate RECIPE --forget CLIENT` instead")
     # OUTPUT_DIR's run record as in the simulation: a finished federation reused, an unfinished one resumed
+    if config.evaluate_recipe is not None:
+        evaluate_config_of(config)  # a bad evaluate recipe fails now, not after the rounds
     run_unless_done(
-        [config],
+        [config.recorded_settings()],
         Path(config.output_dir) / RECIPE_FILE,
         lambda: run_server(grid, config),
         overwrite=config.overwrite,
     )
+    if config.evaluate_recipe is not None:  # on the server's machine, which holds the students
+        report_rounds(config)

@@ -19,7 +19,8 @@ F's stored contributions still hold F's influence; the log names them, to be del
 student replaces the original. Cost: the rounds from r0 on are retrained, no client is asked anything.
 
 Output: OUTPUT_DIR/forget-NAMES/round-NNN/{consensus,student} for the recomputed rounds and
-OUTPUT_DIR/forget-NAMES/forget.json (who, from which round, what it cost).
+OUTPUT_DIR/forget-NAMES/forget.json (who, from which round, what it cost), written last: a finished
+unlearning of the same clients is reused, an interrupted one resumed (finished students are reused).
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ logger = logging.getLogger(__name__)
 FORGET_FILE = "forget.json"
 
 
+def guarantee(config: FederateConfig, first: int) -> str:
+    """What the unlearned student is: exact, or approximate once clients co-distilled on consensus that
+    the forgotten clients were part of (their later labels carry that influence: co_distillation.py)."""
+    if config.co_distill_recipe is None or first == config.num_rounds:
+        return "exact"
+    return (
+        f"approximate: the other clients co-distilled on the consensus of round {first} on, which the "
+        f"forgotten clients were part of, so their labels of rounds {first + 1}-{config.num_rounds} carry "
+        "that influence; exact unlearning would rerun those rounds with the clients' models rolled back"
+    )
+
+
 def forget_clients(config: FederateConfig) -> str:
     """Unlearn `config.forget` from the finished federation in OUTPUT_DIR; returns the unlearned student."""
     forgotten = set(config.forget)
@@ -59,6 +72,10 @@ def forget_clients(config: FederateConfig) -> str:
         raise ValueError(f"no round aggregated {unknown}; the clients aggregated were {sorted(known)}")
     first = min(record.round for record in records if forgotten & set(record.aggregated))
     out = Path(config.output_dir) / f"forget-{'-'.join(sorted(forgotten))}"
+    if (out / FORGET_FILE).exists():  # written last: these clients were unlearned, with what it cost
+        student = json.loads((out / FORGET_FILE).read_text())["student"]
+        logger.info(f"{out}: {sorted(forgotten)} were unlearned before; the unlearned student is {student}")
+        return student
     retrain = dataclasses.replace(config, output_dir=str(out))
     student = config.student if first == 1 else str(round_dir(config.output_dir, first - 1) / STUDENT_DIR)
     logger.info(
@@ -81,6 +98,7 @@ def forget_clients(config: FederateConfig) -> str:
     influenced = [str(round_dir(config.output_dir, r.round)) for r in records[first - 1 :]]
     summary = {
         "forgotten": sorted(forgotten),
+        "guarantee": guarantee(config, first),
         "first_round_influenced": first,
         "retrained_from": str(round_dir(config.output_dir, first - 1) / STUDENT_DIR)
         if first > 1
@@ -92,6 +110,8 @@ def forget_clients(config: FederateConfig) -> str:
         "still_influenced": influenced,
     }
     (out / FORGET_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["guarantee"] != "exact":
+        logger.warning(f"unlearning of {sorted(forgotten)} is {summary['guarantee']}")
     logger.info(
         f"unlearned student: {student} ({summary['rounds_retrained']} of {config.num_rounds} rounds "
         f"retrained). Still holding the influence of {sorted(forgotten)}: {influenced}"

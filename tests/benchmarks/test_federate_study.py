@@ -76,6 +76,7 @@ def study(tmp_path, tokenizer_dir):
     command += ["--federate-recipe", str(tmp_path / "federated.yaml")]
     command += ["--clients-recipe", str(tmp_path / "clients.yaml"), "--test-problems", "2"]
     command += ["--fedavg-train-recipe", str(tmp_path / "fedavg.yaml"), "--output-dir", str(out)]
+    command += ["--co-distill-recipe", str(tmp_path / "train.yaml")]  # the clients' steps: the server's
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 busy cores: one thread each is the fast setting
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -105,6 +106,16 @@ def test_federate_study_measures_every_arm_with_the_federations_bytes(study, tok
         "| public-ce (no client), round 2 | 1 |",
         "| federated − union (paired) | 1 |",
         "| federated − public-ce (paired) | 1 |",
+        "| federated-dp z=1 (ε ≤ 6.57 at δ=1e-05), round 2 | 1 |",
+        "| federated-dp − federated (paired) | 1 |",
+        "| forget client-1 (unlearned), round 2 | 1 |",
+        "| retrained without client-1, round 2 | 1 |",
+        "| forget − retrain-without (paired) | 1 | +0.0 pts [+0.0, +0.0] |",
+        "| federated − retrain-without (paired) | 1 |",
+        "| co-distill, round 2 | 1 |",
+        "| co-distill − federated (paired) | 1 |",
+        "| client-0 after co-distilling | 1 |",
+        "| client-2 after co-distilling − alone (paired) | 1 |",
     ):
         assert row in table and row in stdout
     assert "| federated − best client (client-" in table
@@ -120,7 +131,13 @@ def test_federate_study_measures_every_arm_with_the_federations_bytes(study, tok
         ("fedavg-lora", 2),
         ("union", 2),
         ("public-ce", 2),
-    }
+        ("federated-dp", 1),
+        ("federated-dp", 2),
+        ("forget", 2),
+        ("retrain-without", 2),
+        ("co-distill", 1),
+        ("co-distill", 2),
+    } | {(f"client-{i} co-distilled", 2) for i in range(3)}
     for model in models.values():
         assert len(model["correct"]) == 6 and 0.0 <= np.mean(model["correct"]) <= 1.0
 
@@ -180,6 +197,42 @@ def test_federate_study_measures_every_arm_with_the_federations_bytes(study, tok
         assert adapter["base_model_name_or_path"] == str(out / "init-student-seed0")
     local = yaml.safe_load((out / "recipes" / "fedavg-lora" / "train-seed0.yaml").read_text())
     assert local["use_peft"] and local["max_steps"] == 1 and local["seed"] == 0
+
+    # the privacy arm: the same federation with noised labels, its budget from the accountant
+    from reasondistill.federate.privacy import epsilon_spent
+
+    noised = RoundRecord.load(round_dir(out / "federated-dp-seed0", 2)).privacy
+    assert noised["noise_multiplier"] == 1.0
+    spent = epsilon_spent(1.0, 2, 1e-5)  # 6.57: two rounds of z = 1
+    assert results["privacy"]["0"]["epsilon"] == {f"client-{i}": spent for i in range(3)}
+
+    # unlearning: --forget client-1 on the federated run equals a federation of the other two run from
+    # scratch (their models as its partitions 0 and 1), and costs no client anything
+    retrain = out / "retrain-without-seed0"
+    recipe = yaml.safe_load((retrain / "federate_recipe.yaml").read_text())
+    assert recipe["client_models"] == [str(client_dirs[0]), str(client_dirs[2])]
+    unlearning = results["unlearning"]["0"]
+    assert unlearning["identical_completions"] == 1.0 and unlearning["largest_weight_difference"] == 0.0
+    retrain_bytes = sum(sum(RoundRecord.load(round_dir(retrain, r)).bytes_received.values()) for r in (1, 2))
+    assert unlearning["retrain_bytes"] == retrain_bytes > 0
+    assert models[("forget", 2)]["correct"] == models[("retrain-without", 2)]["correct"]
+    assert models[("forget", 2)]["directory"] == str(federation / "forget-client-1" / "round-002" / "student")
+    assert "| 0 | 2 | 100.0% | 0.00e+00 |" in table and f"| {retrain_bytes:,} |" in table
+
+    # co-distill: the federation whose clients distilled their own models on each round's consensus; its
+    # clients are scored after the last round as their state directories hold them
+    from reasondistill.federate.rounds import CO_DISTILL_FILE
+
+    co_distilling = out / "co-distill-seed0"
+    for r in (1, 2):
+        record = json.loads((round_dir(co_distilling, r) / CO_DISTILL_FILE).read_text())
+        assert record["co_distilled"] == [f"client-{i}" for i in range(3)]
+    server_sent = results["bytes_per_round"]["co-distill"]["0"]["server_sent"]
+    assert min(server_sent) > 0
+    for i in range(3):
+        after = Path(models[(f"client-{i} co-distilled", 2)]["directory"])
+        assert after.parent.parent.parent == Path(f"{client_dirs[i]}-co-distilled") and after.name == "model"
+        assert json.loads((after.parent / "co_distilled.json").read_text())["round"] == 2
 
     # the control: CE only, on the federation's own consensus
     control = yaml.safe_load(

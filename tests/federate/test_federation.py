@@ -273,6 +273,150 @@ def test_the_server_receives_only_soft_labels(federation, client_models):
         assert b"marbles" not in sent and b"Step 1" not in sent and b"carry" not in sent
 
 
+def client_app_failing_to_co_distil(models, client: str, round_number: int):
+    """The real ClientApp's two handlers, except that `client` fails while it co-distils `round_number`."""
+    from flwr.clientapp import ClientApp
+
+    from reasondistill.federate.client_app import answer_co_distill, answer_query, client_identity
+
+    app = ClientApp()
+    app.query()(lambda message, context: answer_query(message, context, models))
+
+    @app.train()
+    def co_distill(message, context):
+        asked = message.content["request"]["round"]
+        if client_identity(context, models)[1] == client and asked == round_number:
+            raise MemoryError(f"{client} ran out of memory while co-distilling")
+        return answer_co_distill(message, context, models)
+
+    return app
+
+
+@pytest.mark.slow
+def test_co_distilling_clients_label_the_next_round_with_the_model_they_distilled(
+    tmp_path, client_models, global_student, train_recipe
+):
+    """With co_distill_recipe, the server sends each round's consensus back: every client checks it,
+    distils its own model on it (in its state directory, not the server's) and labels the next round with
+    that model (recomputed here outside Flower); what the server receives for it is a name and a round;
+    the message it sent is the consensus it aggregated. client-2 fails to co-distil round 1: the round
+    records it missing, the run goes on, and client-2 labels round 2 with the model it started with.
+    Forgetting a client is then approximate."""
+    from flwr.app import ConfigRecord
+
+    from reasondistill.core.traces import load_traces, read_topk
+    from reasondistill.federate.client_app import soft_labels_for
+    from reasondistill.federate.co_distillation import CO_DISTILLED, DONE_FILE
+    from reasondistill.federate.federate import federate
+    from reasondistill.federate.rounds import CO_DISTILL_FILE, load_contribution, round_dir
+    from reasondistill.federate.soft_labels import REQUEST, request_content
+    from reasondistill.federate.unlearning import FORGET_FILE
+
+    config = federate_config(
+        tmp_path / "run", client_models, global_student, train_recipe, co_distill_recipe=train_recipe
+    )
+    federation = config.co_distill_federation()
+    assert re.fullmatch(r"[0-9a-f]{16}", federation)
+    replies = []
+    federate(
+        config,
+        server_app=recording_server_app(config, replies),
+        client_app=client_app_failing_to_co_distil(client_models, "client-2", 1),
+    )
+    co_distilled = [r for r in replies if not r.has_error() and CO_DISTILLED in r.content]
+    assert len(co_distilled) == 2 * 3 - 1 and len(replies) == 2 * 3 * 2
+    for reply in co_distilled:  # all the server hears back: who and which round
+        assert list(reply.content.keys()) == [CO_DISTILLED] and not reply.content.array_records
+        assert set(reply.content[CO_DISTILLED].keys()) == {"client", "round"}
+    started_with = {}  # client -> the model it labels round 2 with
+    for round_number in (1, 2):
+        directory = round_dir(config.output_dir, round_number)
+        record = json.loads((directory / CO_DISTILL_FILE).read_text())
+        expected = ["client-0", "client-1"] + ["client-2"] * (round_number == 2)
+        assert record["co_distilled"] == expected and record["missing"] == ["client-2"] * (round_number == 1)
+        assert len(set(record["bytes_sent"].values())) == 1 and min(record["bytes_sent"].values()) > 0
+        server = load_traces(directory / "consensus", cache_dir=str(tmp_path / "hf-cache"))
+        for i, model in enumerate(client_models):
+            folder = Path(f"{model}-co-distilled") / federation / f"round-{round_number:03d}"
+            if round_number == 1 and i == 2:
+                assert not (folder / DONE_FILE).exists()
+                started_with[f"client-{i}"] = model
+                continue
+            done = json.loads((folder / DONE_FILE).read_text())
+            # round 2 continues from the model distilled in round 1 (client-2: from its own)
+            started = str(folder.parent / "round-001" / "model") if round_number == 2 and i < 2 else model
+            assert done["client"] == f"client-{i}" and done["from"] == started
+            if round_number == 1:
+                started_with[f"client-{i}"] = str(folder / "model")
+            received = load_traces(folder / "consensus", cache_dir=str(tmp_path / "hf-cache"))
+            for mine, theirs in zip(received, server, strict=True):  # what it trained on: the consensus
+                assert mine["completion_token_ids"] == theirs["completion_token_ids"]
+                np.testing.assert_array_equal(read_topk(mine)[0], read_topk(theirs)[0])
+                np.testing.assert_allclose(read_topk(mine)[1], read_topk(theirs)[1], atol=2e-3)
+            assert any(
+                not np.allclose(t.numpy(), weights(started)[n].numpy())
+                for n, t in weights(folder / "model").items()
+            )
+    # round 2's labels come from each client's round-1 model (client-2: the one it started with)
+    prompt_ids = json.loads((round_dir(config.output_dir, 2) / "round.json").read_text())["prompt_ids"]
+    request = request_content(2, prompt_ids, config.recipe_settings())[REQUEST]
+    assert isinstance(request, ConfigRecord)
+    for i, model in enumerate(client_models):
+        sent = load_contribution(round_dir(config.output_dir, 2) / "contributions" / f"client-{i}.npz")
+        expected = soft_labels_for(request, started_with[f"client-{i}"], f"client-{i}")
+        np.testing.assert_array_equal(sent.topk_ids, expected.topk_ids)
+        np.testing.assert_array_equal(sent.topk_logprob_codes, expected.topk_logprob_codes)
+        if i < 2:
+            original = soft_labels_for(request, model, f"client-{i}")
+            assert not np.array_equal(sent.topk_logprob_codes, original.topk_logprob_codes)
+    federate(dataclasses.replace(config, forget=["client-1"]))
+    summary = json.loads((Path(config.output_dir) / "forget-client-1" / FORGET_FILE).read_text())
+    assert summary["guarantee"].startswith("approximate")
+
+
+@pytest.mark.slow
+def test_a_finished_federation_is_evaluated_round_by_round(federation, tmp_path):
+    """evaluate_recipe on the finished 2-round run: its rounds are reused untouched, and the initial and
+    each round's student are evaluated with evaluate's code (round 2 again here, alone: the same
+    pass@1), beside the round records' clients and bytes, in federate.md / .json, a plot and a report;
+    a second call reuses the evaluation."""
+    from reasondistill.evaluate.evaluate import evaluate_models
+    from reasondistill.federate.federate import federate
+    from reasondistill.federate.round_report import evaluate_config_of
+    from reasondistill.federate.rounds import RoundRecord, round_dir
+
+    config, _ = federation
+    demo = Path(__file__).resolve().parents[2] / "reasondistill/recipes/demo"
+    evaluated = dataclasses.replace(
+        config,
+        evaluate_recipe=str(demo / "evaluate.yaml"),
+        evaluate_overrides=["--backend", "transformers", "--num_problems", "3", "--num_samples", "1"],
+    )
+    out = Path(config.output_dir)
+    rounds = {p: p.stat().st_mtime_ns for p in out.glob("round-*/**/*") if p.is_file()}
+    federate(evaluated)
+    assert {p: p.stat().st_mtime_ns for p in rounds} == rounds  # the federation was not run again
+    data = json.loads((out / "federate.json").read_text())
+    students = [config.student] + [str(round_dir(out, r) / "student") for r in (1, 2)]
+    assert data["students"] == students and [row["round"] for row in data["rounds"]] == [0, 1, 2]
+    total = 0
+    for row in data["rounds"][1:]:
+        record = RoundRecord.load(round_dir(out, row["round"]))
+        total += sum(record.bytes_received.values())
+        assert row["aggregated"] == ["client-0", "client-1", "client-2"] and row["missing"] == []
+        assert row["bytes_received"] == sum(record.bytes_received.values())
+        assert row["bytes_received_total"] == total
+    (alone,) = evaluate_models([students[2]], ["arithmetic"], evaluate_config_of(evaluated))
+    assert data["rounds"][2]["pass@1"] == alone.metrics["pass@1"]["value"]
+    table = (out / "federate.md").read_text()
+    assert table.startswith("| round | pass@1 on arithmetic [95% CI] |") and "initial student" in table
+    assert (out / "federate_accuracy.png").stat().st_size > 0
+    assert (out / "report" / "report.md").exists()
+    written = (out / "federate.json").stat().st_mtime_ns
+    federate(evaluated)
+    assert (out / "federate.json").stat().st_mtime_ns == written
+
+
 def faulty_client_app(models):
     """The real ClientApp, except that client-1 sends token ids outside the vocabulary in round 1 and
     client-2 fails in the middle of round 2 (its process raises while it scores)."""
@@ -402,6 +546,9 @@ def test_forgetting_a_client_gives_the_student_of_a_federation_without_it(
     summary = json.loads((unlearned / FORGET_FILE).read_text())
     assert summary["first_round_influenced"] == 1 and summary["retrained_from"] == global_student
     assert summary["rounds_retrained"] == 2
+    written = (unlearned / FORGET_FILE).stat().st_mtime_ns
+    federate(dataclasses.replace(config, forget=["client-1"]))  # done before: reused, nothing redone
+    assert (unlearned / FORGET_FILE).stat().st_mtime_ns == written
     # the retrain: a federation of client-0's and client-2's models only (partitions 0 and 1 there)
     without = federate_config(
         tmp_path / "without", [client_models[0], client_models[2]], global_student, train_recipe
@@ -476,3 +623,23 @@ def test_noised_labels_travel_validate_and_aggregate_with_their_budget(
         assert record.privacy["epsilon"] == {"client-0": budget, "client-1": budget}
         assert (round_dir(config.output_dir, round_number) / "student" / "train_recipe.yaml").exists()
     assert epsilon_spent(1.0, 2, 1e-5) > epsilon_spent(1.0, 1, 1e-5)
+
+
+def test_the_demo_federation_recipes_parse_with_co_distillation_and_evaluation():
+    """The shipped recipes/demo/federated.yaml with its commented options switched on, and the clients'
+    co-distillation recipe as a client parses it: full models, the demo students' objective."""
+    from trl import ModelConfig
+
+    from reasondistill.core.recipe import parse_recipe
+    from reasondistill.federate.federate_config import FederateConfig
+    from reasondistill.federate.round_report import evaluate_config_of
+    from reasondistill.train.distill_config import DistillConfig
+
+    options = ["--co_distill_recipe", "recipes/demo/federated_co_distill.yaml"]
+    (config,) = parse_recipe("recipes/demo/federated.yaml", (FederateConfig,), options)
+    assert config.evaluate_recipe is not None and evaluate_config_of(config).benchmark == ["arithmetic"]
+    assert config.recorded_settings().evaluate_recipe is None  # not part of the run's record
+    assert len(config.co_distill_federation()) == 16 and config.recipe_settings()["co-distill-federation"]
+    placed = ["--model_name_or_path", "m", "--traces", "t", "--output_dir", "o"]
+    model_args, args = parse_recipe(config.co_distill_recipe, (ModelConfig, DistillConfig), placed)
+    assert not model_args.use_peft and args.kd_weight == 1.0 and args.max_steps == 100

@@ -101,3 +101,22 @@ def test_anything_but_the_soft_label_layout_is_refused():
     meta = ConfigRecord({**valid_labels().to_content()["meta"], "round": True})
     with pytest.raises(MalformedReply, match="'round' is bool"):
         decode_reply(RecordDict({"soft_labels": arrays, "meta": meta}))
+
+
+def test_message_bytes_are_counted_as_flower_counts_them_and_empty_settings_are_zero():
+    """content_bytes equals Flower's own count_bytes on every kind of record, and counts the requests'
+    empty settings (instruction, public_id_field unset) as 0 bytes where flwr 1.32's count raises."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+    from reasondistill.federate.server_app import content_bytes
+
+    settings = {"name": "abc", "n": 3, "f": 1.5, "flag": True, "ids": ["ab", "c"], "levels": [1, 2, 3]}
+    content = RecordDict(
+        {
+            "config": ConfigRecord(settings),
+            "arrays": ArrayRecord({"t": Array(np.zeros((4, 2), dtype=np.float32))}),
+        }
+    )
+    assert content_bytes(content) == sum(record.count_bytes() for record in content.values())
+    with_empty = RecordDict({"config": ConfigRecord(settings | {"instruction": ""})})
+    assert content_bytes(with_empty) == ConfigRecord(settings).count_bytes() + len("instruction")
