@@ -79,7 +79,6 @@ import os
 import shlex
 import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +146,25 @@ def round_bytes(config: FederateConfig) -> list[int]:
     """Bytes the server received from all clients in each round, as its round records say."""
     return [
         sum(RoundRecord.load(round_dir(config.output_dir, r)).bytes_received.values())
+        for r in range(1, config.num_rounds + 1)
+    ]
+
+
+def federation_arm(
+    federated: FederateConfig, arm: str, out: Path, seed: int, **fields: object
+) -> FederateConfig:
+    """The federated arm's federation with `fields` changed, in its own OUTPUT_DIR: run, or reused."""
+    config = dataclasses.replace(federated, output_dir=str(out / f"{arm}-seed{seed}"), **fields)
+    federate(config)
+    return config
+
+
+def consensus_bytes_sent(config: FederateConfig) -> list[int]:
+    """Bytes of the consensus the server sent its clients to co-distil on, per round (co_distill.json)."""
+    return [
+        sum(
+            json.loads((round_dir(config.output_dir, r) / CO_DISTILL_FILE).read_text())["bytes_sent"].values()
+        )
         for r in range(1, config.num_rounds + 1)
     ]
 
@@ -273,11 +291,12 @@ def scored_rounds(
     ]
 
 
-def cached_per_problem(
-    directory: Path, problems: list[Problem], cache: Path, what: str, measure: Callable[[], list]
+def per_problem(
+    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path, what: str
 ) -> list:
-    """`measure()` of one model on `problems`, kept in `cache` (a file per model and measure, keyed by its
-    weights file and the problems) so that a rerun, or another seed's run beside this one, runs it once."""
+    """One model's greedy exact match (`what` = "exact_match") or greedy completion ("completions") per
+    problem, kept in `cache` (a file per model and measure, keyed by its weights file and the problems) so
+    that a rerun, or another seed's run beside this one, computes it once."""
     weights = directory / "model.safetensors"
     key = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, [p.id for p in problems]])
     if what != "exact_match":  # the first measure's files keep their names
@@ -285,7 +304,11 @@ def cached_per_problem(
     path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
-    values = measure()
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    if what == "exact_match":
+        values = problem_scores(model, tokenizer, problems)[0]
+    else:
+        values = greedy_completions(model, tokenizer, problems)
     cache.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(f".{os.getpid()}.tmp")
     temp.write_text(json.dumps(values))
@@ -296,27 +319,7 @@ def cached_per_problem(
 def exact_match(
     directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
 ) -> list[float]:
-    """Greedy exact match per problem (cached)."""
-    return cached_per_problem(
-        directory,
-        problems,
-        cache,
-        "exact_match",
-        lambda: problem_scores(AutoModelForCausalLM.from_pretrained(directory), tokenizer, problems)[0],
-    )
-
-
-def completions(
-    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
-) -> list[str]:
-    """The greedy completion of every problem (cached): what two students' agreement is measured on."""
-    return cached_per_problem(
-        directory,
-        problems,
-        cache,
-        "completions",
-        lambda: greedy_completions(AutoModelForCausalLM.from_pretrained(directory), tokenizer, problems),
-    )
+    return per_problem(directory, tokenizer, problems, cache, "exact_match")
 
 
 def largest_weight_difference(a: Path, b: Path) -> float:
@@ -349,20 +352,22 @@ def unlearning_costs(
     rounds = federated.num_rounds
     first = summary["first_round_influenced"]
     records = [RoundRecord.load(round_dir(retrain.output_dir, r)) for r in range(1, rounds + 1)]
+    unlearned_student, retrained = (
+        Path(summary["student"]),
+        round_dir(retrain.output_dir, rounds) / STUDENT_DIR,
+    )
     same = [
         a == b
         for a, b in zip(
-            completions(Path(summary["student"]), tokenizer, problems, cache),
-            completions(round_dir(retrain.output_dir, rounds) / STUDENT_DIR, tokenizer, problems, cache),
+            per_problem(unlearned_student, tokenizer, problems, cache, "completions"),
+            per_problem(retrained, tokenizer, problems, cache, "completions"),
             strict=True,
         )
     ]
     return {
         "rounds_retrained": summary["rounds_retrained"],
         "identical_completions": sum(same) / len(same),
-        "largest_weight_difference": largest_weight_difference(
-            Path(summary["student"]), round_dir(retrain.output_dir, rounds) / STUDENT_DIR
-        ),
+        "largest_weight_difference": largest_weight_difference(unlearned_student, retrained),
         "forget_seconds": summary["seconds"],
         "forget_train_seconds": sum(
             json.loads((round_dir(unlearned, r) / STUDENT_DIR / "compute.json").read_text())["train_seconds"]
@@ -661,35 +666,21 @@ def main(argv: list[str] | None = None) -> int:
             PUBLIC_CE: distil_rounds(public_ce, consensus),
         }
         measured += scored_rounds(FEDERATED, federated, seed, tokenizer, problems, scored)
+
         if args.dp_noise_multiplier:
-            noised = dataclasses.replace(
-                federated,
-                output_dir=str(out / f"{DP}-seed{seed}"),
-                dp_noise_multiplier=args.dp_noise_multiplier,
-            )
-            federate(noised)
+            noised = federation_arm(federated, DP, out, seed, dp_noise_multiplier=args.dp_noise_multiplier)
+            measured += scored_rounds(DP, noised, seed, tokenizer, problems, scored)
             dp_bytes[seed] = round_bytes(noised)
             privacy[seed] = RoundRecord.load(round_dir(noised.output_dir, rounds)).privacy
-            measured += scored_rounds(DP, noised, seed, tokenizer, problems, scored)
         if args.co_distill_recipe:
-            co_distilling = dataclasses.replace(
-                federated,
-                output_dir=str(out / f"{CO_DISTILL}-seed{seed}"),
-                co_distill_recipe=args.co_distill_recipe,
+            co_distilling = federation_arm(
+                federated, CO_DISTILL, out, seed, co_distill_recipe=args.co_distill_recipe
             )
-            federate(co_distilling)
+            measured += scored_rounds(CO_DISTILL, co_distilling, seed, tokenizer, problems, scored)
             co_distill_bytes[seed] = {
                 "clients_sent": round_bytes(co_distilling),
-                "server_sent": [
-                    sum(
-                        json.loads((round_dir(co_distilling.output_dir, r) / CO_DISTILL_FILE).read_text())[
-                            "bytes_sent"
-                        ].values()
-                    )
-                    for r in range(1, rounds + 1)
-                ],
+                "server_sent": consensus_bytes_sent(co_distilling),
             }
-            measured += scored_rounds(CO_DISTILL, co_distilling, seed, tokenizer, problems, scored)
             federation_id = co_distilling.co_distill_federation()
             for i, model in enumerate(client_dirs):  # each client's own model after the last round
                 after = Path(f"{model}-co-distilled") / federation_id / f"round-{rounds:03d}" / "model"

@@ -168,6 +168,7 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
                 "keep": "all",
                 "drop_truncated": False,
                 "shard_size": 3,
+                "enforce_eager": True,  # no torch.compile of a model that lives seconds: about 20 s less
             }
         )
     )
@@ -184,6 +185,9 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     small = {"intermediate_size": 256, "num_calibration": 4, "calibration_tokens": 8}
     (tmp_path / "prune.yaml").write_text(yaml.safe_dump({**prune, **small}))
     (tmp_path / "pdq.yaml").write_text((DEMO / "pdq.yaml").read_text())
+    evaluate = yaml.safe_load((DEMO / "evaluate.yaml").read_text())  # the report's divergence section
+    small = {"divergence_problems": 4, "divergence_max_tokens": 30}
+    (tmp_path / "evaluate.yaml").write_text(yaml.safe_dump({**evaluate, **small}))
     result = run_cli("demo", str(recipe), "--seed", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out accuracy" in result.stdout and "parameters" in result.stdout
@@ -196,6 +200,7 @@ def test_demo_runs_end_to_end_on_a_tiny_recipe(tmp_path):
     pdq = yaml.safe_load((DEMO / "pdq.yaml").read_text())["output_dir"]
     assert (tmp_path / pdq / report.name / "pdq.md").exists()
     assert "pruned+distilled nf4" in (report / "report" / "report.md").read_text()
+    assert "on arithmetic: 4 greedy solutions" in result.stderr + result.stdout  # evaluate.yaml's size
     teacher_dir = next((tmp_path / "cache").glob("demo-student-*"))
     assert (teacher_dir / "model.safetensors").exists()
     traces = tmp_path / shipped["output_dir"] / teacher_dir.name

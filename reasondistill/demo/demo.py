@@ -13,7 +13,8 @@ to the stage's command) and reads the previous stage's artifact from disk:
    traces and quantized, measured after each step                 -> model directories + table
 6. one greedy evaluation report of all of them: teacher, the best student and the best of the other
    methods, the pruned and distilled teacher, and their 4-bit artifacts, with the two students'
-   per-token divergence from the teacher                          -> report (Markdown + plots)
+   per-token divergence from the teacher (its size: evaluate.yaml's divergence_* fields)
+                                                                  -> report (Markdown + plots)
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ from reasondistill.demo.teacher import BUILD_INFO_FILE, load_teacher, train_teac
 from reasondistill.demo.teacher_config import TeacherConfig
 from reasondistill.evaluate.benchmark_specs import load_benchmark
 from reasondistill.evaluate.evaluate import evaluate_models
+from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec
-from reasondistill.evaluate.token_divergence import DivergenceSettings, divergence_report
+from reasondistill.evaluate.token_divergence import divergence_report, divergence_settings
 from reasondistill.generate.generate import generate
 from reasondistill.generate.generate_config import GenerateConfig
 
@@ -66,6 +68,7 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
         ["--teacher", str(teacher_config.directory())],
     )
     (students_config,) = parse_recipe(recipe_path.parent / "students.yaml", (StudentsConfig,))
+    (evaluate_config,) = parse_recipe(recipe_path.parent / "evaluate.yaml", (EvaluateConfig,))
     torch.set_num_threads(os.cpu_count() or 1)
 
     logger.info(f"[1/6] demo teacher ({recipe_path})")
@@ -169,13 +172,13 @@ def run_demo(recipe_path: Path, overrides: list[str]) -> int:
     for result in compressed:
         result.model = name if result.model == REFERENCE else f"{name} {result.model}"
     report_dir = Path(quantize_config.output_dir) / "report"
-    # where the students part from the teacher, token by token (4 pictured, kinds over 50 problems)
+    # where the students part from the teacher, token by token (evaluate.yaml: 4 pictured, kinds over 50)
     divergence = divergence_report(
         [*other_specs, ModelSpec(best.directory, name)],
         str(teacher_dir),
         [load_benchmark(quantize_config.benchmark)],
         report_dir,
-        DivergenceSettings(),
+        divergence_settings(evaluate_config),
     )
     report = write_report(
         [*chain_results[:1], *other_results, *compressed, *chain_results[1:]],

@@ -110,6 +110,14 @@ class FederateConfig:
             "--forget approximate (docs/federate.md)."
         },
     )
+    co_distill_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds the server waits for the clients' co-distillation (training takes far longer "
+            "than labelling, and clients train in turn when there are more than CPUs); a client not done by "
+            "then keeps its older model. None: wait for every client."
+        },
+    )
     # after the rounds (round_report.py): not part of the run's recorded settings
     evaluate_recipe: str | None = field(
         default=None,
@@ -156,8 +164,9 @@ class FederateConfig:
             raise ValueError(
                 f"dp_clip_norm must be > 0 and dp_delta in (0, 1), got {self.dp_clip_norm}, {self.dp_delta}"
             )
-        if self.round_timeout is not None and not self.round_timeout > 0:
-            raise ValueError(f"round_timeout must be > 0 seconds (or unset: wait), got {self.round_timeout}")
+        for name in ("round_timeout", "co_distill_timeout"):
+            if (seconds := getattr(self, name)) is not None and not seconds > 0:
+                raise ValueError(f"{name} must be > 0 seconds (or unset: wait), got {seconds}")
 
     def recorded_settings(self) -> FederateConfig:
         """The settings OUTPUT_DIR's run record holds: what made the rounds, not what is done with them

@@ -374,7 +374,7 @@ def co_distill_round(
         grid,
         messages,
         round_number,
-        config.round_timeout,
+        config.co_distill_timeout,
         names,
         CoDistilled.from_content,
         check,
