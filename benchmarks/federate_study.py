@@ -716,12 +716,12 @@ def main(argv: list[str] | None = None) -> int:
     names = {}
     if privacy:
         sent[DP] = list(np.mean(list(dp_bytes.values()), axis=0))
-    if co_distill_bytes:
-        sent[CO_DISTILL] = list(np.mean([b["clients_sent"] for b in co_distill_bytes.values()], axis=0))
         report = next(iter(privacy.values()))
         epsilon = max(max(p["epsilon"].values()) for p in privacy.values())
         z, delta = report["noise_multiplier"], report["delta"]
         names[DP] = f"federated-dp z={z:g} (ε ≤ {epsilon:.3g} at δ={delta:g})"
+    if co_distill_bytes:
+        sent[CO_DISTILL] = list(np.mean([b["clients_sent"] for b in co_distill_bytes.values()], axis=0))
     if unlearning:
         sent[FORGET] = [0] * rounds  # the forget path asks no client
         sent[RETRAIN] = list(np.mean(list(forget_bytes.values()), axis=0))
