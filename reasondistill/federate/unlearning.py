@@ -9,11 +9,13 @@ A finished federation keeps, for every round, each accepted client's soft labels
 3. The student is retrained round by round from the student of round r0 - 1 (the initial student if
    r0 = 1) on the recomputed consensus, with the same train recipe.
 
-Guarantee (exact, not approximate): the result is the student the federation would have produced had F
-never taken part, given the same answers from the other clients. It holds because a round's consensus is a
-pure function of the aggregated clients' labels and weights, no client ever receives the consensus or the
-student (so the other clients' labels carry no trace of F), and the trainer is seeded (on the same machine
-and software its weights are reproduced; tests/federate checks them against a federation run without F).
+Guarantee (exact, not approximate, without co-distillation): the result is the student the federation
+would have produced had F never taken part, given the same answers from the other clients. It holds
+because a round's consensus is a pure function of the aggregated clients' labels and weights, no client
+ever receives the consensus or the student (so the other clients' labels carry no trace of F), and the
+trainer is seeded (on the same machine and software its weights are reproduced; tests/federate checks them
+against a federation run without F). With co_distill_recipe the clients did receive the consensus, so their
+labels after r0 carry F's influence: the result is then approximate and forget.json says so (`guarantee`).
 What it does not do: delete what the original run wrote. Its rounds from r0 on (consensus, students) and
 F's stored contributions still hold F's influence; the log names them, to be deleted once the unlearned
 student replaces the original. Cost: the rounds from r0 on are retrained, no client is asked anything.
