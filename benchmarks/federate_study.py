@@ -8,7 +8,7 @@ bound) and one on the public set alone.
         [--train-recipe RECIPE] [--fedavg-train-recipe recipes/demo/fedavg_lora_train.yaml] \
         [--seeds 0 1] [--num-rounds N] [--prompts-per-round N] \
         [--dp-noise-multiplier 1.0] [--co-distill-recipe RECIPE] [--forget-client client-1] \
-        [--test-problems 100] [--output-dir outputs/federate_study]
+        [--test-problems 100] [--max-new-tokens 400] [--output-dir outputs/federate_study]
 
 Arms (every student arm starts, for a seed, from the same fresh student-size model initialised with that
 seed, and trains round by round with the same train recipe, its seed set to the seed: the same budget):
@@ -95,7 +95,7 @@ from reasondistill.core.results_writer import write_results
 from reasondistill.demo.factory import save_initial_model
 from reasondistill.demo.federated_clients import build_clients, private_problems
 from reasondistill.demo.federated_clients_config import PRIVATE_SEED_OFFSET, FederatedClientsConfig
-from reasondistill.demo.scoring import greedy_completions, problem_scores
+from reasondistill.demo.scoring import greedy_completions, is_correct
 from reasondistill.demo.students import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, paired_difference
 from reasondistill.evaluate.metrics import seed_problem_bootstrap
 from reasondistill.federate.client_app import soft_labels_for
@@ -118,6 +118,7 @@ FEDERATED, FEDAVG_LORA, UNION, PUBLIC_CE = "federated", "fedavg-lora", "union", 
 DP, FORGET, RETRAIN = "federated-dp", "forget", "retrain-without"
 CO_DISTILL = "co-distill"  # the federation whose clients co-distil (FedMD-style)
 POOLED_DIR = "pooled"  # a union round's trace dataset
+SCORING_TOKENS = 400  # greedy completions' length, as the demo students are scored
 MERGED_DIR = "merged"  # a fedavg-lora round's student: the global adapter merged into the initial student
 
 
@@ -275,51 +276,50 @@ def distil_rounds(config: FederateConfig, datasets: list[Path]) -> Path:
     return Path(student)
 
 
-def scored_rounds(
-    arm: str,
-    config: FederateConfig,
-    seed: int,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem],
-    cache: Path,
-) -> list[Measured]:
-    """Every round's global student of a finished federation, scored."""
-    students = [round_dir(config.output_dir, r) / STUDENT_DIR for r in range(1, config.num_rounds + 1)]
-    return [
-        Measured(arm, r, seed, str(student), exact_match(student, tokenizer, problems, cache))
-        for r, student in enumerate(students, start=1)
-    ]
+@dataclass(frozen=True)
+class Scorer:
+    """Greedy scoring of models on the study's test problems, each result kept in `cache` (a file per model
+    and measure, keyed by its weights file and the problems) so that a rerun, or another seed's run beside
+    this one, computes it once."""
 
+    tokenizer: PreTrainedTokenizerBase
+    problems: list[Problem]
+    cache: Path
+    max_new_tokens: int = SCORING_TOKENS
 
-def per_problem(
-    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path, what: str
-) -> list:
-    """One model's greedy exact match (`what` = "exact_match") or greedy completion ("completions") per
-    problem, kept in `cache` (a file per model and measure, keyed by its weights file and the problems) so
-    that a rerun, or another seed's run beside this one, computes it once."""
-    weights = directory / "model.safetensors"
-    key = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, [p.id for p in problems]])
-    if what != "exact_match":  # the first measure's files keep their names
-        key += what
-    path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    if what == "exact_match":
-        values = problem_scores(model, tokenizer, problems)[0]
-    else:
-        values = greedy_completions(model, tokenizer, problems)
-    cache.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(f".{os.getpid()}.tmp")
-    temp.write_text(json.dumps(values))
-    os.replace(temp, path)  # whole or absent: two runs may score side by side
-    return values
+    def per_problem(self, directory: Path, what: str) -> list:
+        """Greedy exact match (`what` = "exact_match") or greedy completion ("completions") per problem."""
+        weights = directory / "model.safetensors"
+        key = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, [p.id for p in self.problems]])
+        if what != "exact_match":  # the first measure's files keep their names
+            key += what
+        if self.max_new_tokens != SCORING_TOKENS:
+            key += f"max_new_tokens={self.max_new_tokens}"
+        path = self.cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        texts = greedy_completions(model, self.tokenizer, self.problems, max_new_tokens=self.max_new_tokens)
+        if what == "exact_match":
+            values = [float(is_correct(text, p)) for text, p in zip(texts, self.problems, strict=True)]
+        else:
+            values = texts
+        self.cache.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.tmp")
+        temp.write_text(json.dumps(values))
+        os.replace(temp, path)  # whole or absent: two runs may score side by side
+        return values
 
+    def exact_match(self, directory: Path) -> list[float]:
+        return self.per_problem(directory, "exact_match")
 
-def exact_match(
-    directory: Path, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], cache: Path
-) -> list[float]:
-    return per_problem(directory, tokenizer, problems, cache, "exact_match")
+    def rounds(self, arm: str, config: FederateConfig, seed: int) -> list[Measured]:
+        """Every round's global student of a finished federation, scored."""
+        students = [round_dir(config.output_dir, r) / STUDENT_DIR for r in range(1, config.num_rounds + 1)]
+        return [
+            Measured(arm, r, seed, str(student), self.exact_match(student))
+            for r, student in enumerate(students, start=1)
+        ]
 
 
 def largest_weight_difference(a: Path, b: Path) -> float:
@@ -341,9 +341,7 @@ def unlearning_costs(
     federated: FederateConfig,
     retrain: FederateConfig,
     forgotten: str,
-    tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem],
-    cache: Path,
+    scorer: Scorer,
 ) -> dict:
     """The forget path against the retrain from scratch, for one seed: agreement of their final students
     and what each path cost (module docstring)."""
@@ -359,8 +357,8 @@ def unlearning_costs(
     same = [
         a == b
         for a, b in zip(
-            per_problem(unlearned_student, tokenizer, problems, cache, "completions"),
-            per_problem(retrained, tokenizer, problems, cache, "completions"),
+            scorer.per_problem(unlearned_student, "completions"),
+            scorer.per_problem(retrained, "completions"),
             strict=True,
         )
     ]
@@ -565,6 +563,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts-per-round", type=int, help="default: the federate recipe's")
     parser.add_argument("--test-problems", type=int, default=100, help="test problems per client level")
     parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=SCORING_TOKENS,
+        help="greedy completions' length in scoring (the demo's 400; tests use fewer on untrained models)",
+    )
+    parser.add_argument(
         "--dp-noise-multiplier",
         type=float,
         default=1.0,
@@ -597,11 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     train_recipe, rounds = args.train_recipe or recipe.train_recipe, recipe.num_rounds
     levels = sorted(set(clients.client_levels))
     problems = [p for lv in levels for p in generate_problems("test", args.test_problems, [lv], TEST_SEED)]
-    scored = out / "scores"
+    scorer = Scorer(tokenizer, problems, out / "scores", args.max_new_tokens)
 
     measured = [
-        Measured(f"client-{i}", 0, None, str(d), exact_match(d, tokenizer, problems, scored))
-        for i, d in enumerate(client_dirs)
+        Measured(f"client-{i}", 0, None, str(d), scorer.exact_match(d)) for i, d in enumerate(client_dirs)
     ]
     union_data: list[Path] | None = None
     union_bytes: list[int] = []
@@ -655,28 +658,24 @@ def main(argv: list[str] | None = None) -> int:
         fedavg_lora(fedavg)
         fedavg_sent[seed] = fedavg_bytes(fedavg)
         for r, student in enumerate(fedavg_students(fedavg), start=1):
-            measured.append(
-                Measured(
-                    FEDAVG_LORA, r, seed, str(student), exact_match(student, tokenizer, problems, scored)
-                )
-            )
+            measured.append(Measured(FEDAVG_LORA, r, seed, str(student), scorer.exact_match(student)))
         consensus = [round_dir(federated.output_dir, r) / CONSENSUS_DIR for r in range(1, rounds + 1)]
         finals = {
             UNION: distil_rounds(union, union_data),
             PUBLIC_CE: distil_rounds(public_ce, consensus),
         }
-        measured += scored_rounds(FEDERATED, federated, seed, tokenizer, problems, scored)
+        measured += scorer.rounds(FEDERATED, federated, seed)
 
         if args.dp_noise_multiplier:
             noised = federation_arm(federated, DP, out, seed, dp_noise_multiplier=args.dp_noise_multiplier)
-            measured += scored_rounds(DP, noised, seed, tokenizer, problems, scored)
+            measured += scorer.rounds(DP, noised, seed)
             dp_bytes[seed] = round_bytes(noised)
             privacy[seed] = RoundRecord.load(round_dir(noised.output_dir, rounds)).privacy
         if args.co_distill_recipe:
             co_distilling = federation_arm(
                 federated, CO_DISTILL, out, seed, co_distill_recipe=args.co_distill_recipe
             )
-            measured += scored_rounds(CO_DISTILL, co_distilling, seed, tokenizer, problems, scored)
+            measured += scorer.rounds(CO_DISTILL, co_distilling, seed)
             co_distill_bytes[seed] = {
                 "clients_sent": round_bytes(co_distilling),
                 "server_sent": consensus_bytes_sent(co_distilling),
@@ -685,9 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, model in enumerate(client_dirs):  # each client's own model after the last round
                 after = Path(f"{model}-co-distilled") / federation_id / f"round-{rounds:03d}" / "model"
                 arm = f"client-{i} co-distilled"
-                measured.append(
-                    Measured(arm, rounds, seed, str(after), exact_match(after, tokenizer, problems, scored))
-                )
+                measured.append(Measured(arm, rounds, seed, str(after), scorer.exact_match(after)))
         if forgotten:
             federate(dataclasses.replace(federated, forget=[forgotten]))
             kept = [str(d) for i, d in enumerate(client_dirs) if f"client-{i}" != forgotten]
@@ -700,11 +697,9 @@ def main(argv: list[str] | None = None) -> int:
                 FORGET: round_dir(Path(federated.output_dir) / f"forget-{forgotten}", rounds) / STUDENT_DIR,
                 RETRAIN: round_dir(retrain.output_dir, rounds) / STUDENT_DIR,
             }
-            unlearning[seed] = unlearning_costs(federated, retrain, forgotten, tokenizer, problems, scored)
+            unlearning[seed] = unlearning_costs(federated, retrain, forgotten, scorer)
         for arm, student in finals.items():
-            measured.append(
-                Measured(arm, rounds, seed, str(student), exact_match(student, tokenizer, problems, scored))
-            )
+            measured.append(Measured(arm, rounds, seed, str(student), scorer.exact_match(student)))
         logger.info("seed %d measured", seed)
 
     problem_levels = np.array([p.level for p in problems])
