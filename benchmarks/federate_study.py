@@ -329,11 +329,11 @@ def largest_weight_difference(a: Path, b: Path) -> float:
     return max(float((first[name] - second[name]).abs().max()) for name in first)
 
 
-def train_seconds(output_dir: str | Path, rounds: int) -> float:
-    """Training seconds of a run's round students, as each student's compute.json recorded them."""
+def train_seconds(output_dir: str | Path, rounds: range) -> float:
+    """Training seconds of a run's students of `rounds`, as each student's compute.json recorded them."""
     return sum(
         json.loads((round_dir(output_dir, r) / STUDENT_DIR / "compute.json").read_text())["train_seconds"]
-        for r in range(1, rounds + 1)
+        for r in rounds
     )
 
 
@@ -367,11 +367,8 @@ def unlearning_costs(
         "identical_completions": sum(same) / len(same),
         "largest_weight_difference": largest_weight_difference(unlearned_student, retrained),
         "forget_seconds": summary["seconds"],
-        "forget_train_seconds": sum(
-            json.loads((round_dir(unlearned, r) / STUDENT_DIR / "compute.json").read_text())["train_seconds"]
-            for r in range(first, rounds + 1)
-        ),
-        "retrain_train_seconds": train_seconds(retrain.output_dir, rounds),
+        "forget_train_seconds": train_seconds(unlearned, range(first, rounds + 1)),
+        "retrain_train_seconds": train_seconds(retrain.output_dir, range(1, rounds + 1)),
         "retrain_labelling_seconds": sum(record.seconds for record in records),
         "retrain_bytes": sum(sum(record.bytes_received.values()) for record in records),
     }

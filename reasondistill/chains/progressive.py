@@ -38,9 +38,7 @@ from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
 from reasondistill.core.run_reuse import check_run_dir, clear_dir, finish_run, start_run
 from reasondistill.core.traces import trace_totals
-from reasondistill.evaluate.benchmark_specs import load_benchmark
-from reasondistill.evaluate.evaluate import evaluate_models
-from reasondistill.evaluate.evaluate_config import EvaluateConfig
+from reasondistill.evaluate.evaluate import evaluate_models, single_benchmark_config
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec, RunResult
 from reasondistill.generate.generate import generate
@@ -142,10 +140,7 @@ def run_progressive(config: ProgressiveConfig) -> tuple[list[dict], list[RunResu
         for step in chain
         if step.name in names
     }
-    (evaluate_config,) = parse_recipe(config.evaluate_recipe, (EvaluateConfig,), config.evaluate_overrides)
-    if len(evaluate_config.benchmark) != 1:
-        raise ValueError(f"the evaluate recipe must name one benchmark, got {evaluate_config.benchmark}")
-    load_benchmark(evaluate_config.benchmark[0])  # an unknown one fails now, not after training
+    evaluate_config = single_benchmark_config(config.evaluate_recipe, config.evaluate_overrides)
     check_model_source(config.teacher, "teacher")  # every model now, not when its step comes
     for assistant in config.assistants:
         check_model_source(assistant, "assistants")

@@ -242,6 +242,16 @@ def evaluate_benchmark(
     return result
 
 
+def single_benchmark_config(recipe: str | Path, overrides: list[str]) -> EvaluateConfig:
+    """A chain's evaluate recipe with its overrides, checked now (before any training) to name exactly one
+    benchmark that exists: the chains report one benchmark per model."""
+    (config,) = parse_recipe(recipe, (EvaluateConfig,), overrides)
+    if len(config.benchmark) != 1:
+        raise ValueError(f"the evaluate recipe must name one benchmark, got {config.benchmark}")
+    load_benchmark(config.benchmark[0])  # an unknown one fails now, not after the long part
+    return config
+
+
 def evaluate_models(
     models: Sequence[ModelSpec | str],
     benchmarks: Sequence[str | BenchmarkSpec],

@@ -18,7 +18,7 @@ from reasondistill.core.grading import grade
 from reasondistill.core.traces import TOKENIZER_DIR, TraceInfo, decode_logprobs, write_card, write_shard
 from reasondistill.federate.aggregation import aggregate_topk, mix_logprobs
 from reasondistill.federate.public_set import PublicExample
-from reasondistill.federate.soft_labels import SoftLabels
+from reasondistill.federate.soft_labels import SoftLabels, prompt_rows
 
 
 def consensus_records(
@@ -53,10 +53,9 @@ def trace_records(
 ) -> list[dict]:
     """Trace records of labels [N, k] / [N] over the completion tokens of `examples` (token_counts[p] rows
     each, in order): the public prompt and completion, graded, beside its rows of the labels."""
-    ends = np.cumsum(token_counts)
     records = []
     for p, example in enumerate(examples):
-        rows = slice(int(ends[p] - token_counts[p]), int(ends[p]))
+        rows = prompt_rows(token_counts, p)
         completion = tokenizer.decode(example.completion_token_ids, skip_special_tokens=True)
         verdict = grade(completion, example.gold_answer, "number")
         records.append(

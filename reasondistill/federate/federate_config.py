@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reasondistill.core.engines import EngineBackend
 from reasondistill.core.recipe import locate_recipe
+from reasondistill.core.traces import fingerprint_settings
 
 
 @dataclass
@@ -207,7 +206,7 @@ class FederateConfig:
             "public": [self.public_prompts, self.public_split, self.public_task_levels, self.public_seed],
             "labels": [self.k, self.num_rounds, self.prompts_per_round, self.dp_noise_multiplier, self.seed],
         }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return fingerprint_settings(settings)
 
     def co_distill_recipe_text(self) -> str:
         """The clients' local recipe as the server sends it (a packaged demo recipe is found too)."""

@@ -23,11 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from reasondistill.core.markdown_table import markdown_table
-from reasondistill.core.recipe import parse_recipe
 from reasondistill.core.results_writer import write_results
 from reasondistill.core.run_reuse import clear_dir
-from reasondistill.evaluate.benchmark_specs import load_benchmark
-from reasondistill.evaluate.evaluate import evaluate_models
+from reasondistill.evaluate.evaluate import evaluate_models, single_benchmark_config
 from reasondistill.evaluate.evaluate_config import EvaluateConfig
 from reasondistill.evaluate.report import write_report
 from reasondistill.evaluate.results import ModelSpec
@@ -41,11 +39,7 @@ REPORT = "federate"  # federate.md / federate.json
 
 def evaluate_config_of(config: FederateConfig) -> EvaluateConfig:
     """The federation's evaluate recipe with its overrides; one benchmark, checked to exist."""
-    (evaluate_config,) = parse_recipe(config.evaluate_recipe, (EvaluateConfig,), config.evaluate_overrides)
-    if len(evaluate_config.benchmark) != 1:
-        raise ValueError(f"the evaluate recipe must name one benchmark, got {evaluate_config.benchmark}")
-    load_benchmark(evaluate_config.benchmark[0])  # an unknown one fails before any round, not after
-    return evaluate_config
+    return single_benchmark_config(config.evaluate_recipe, config.evaluate_overrides)
 
 
 def round_rows(config: FederateConfig, pass_at_1: list[dict]) -> list[dict]:

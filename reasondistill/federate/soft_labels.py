@@ -66,10 +66,11 @@ class SoftLabels:
         meta = ConfigRecord({name: getattr(self, name) for name in REPLY_META})
         return RecordDict({SOFT_LABELS: arrays, META: meta})
 
-    def rows(self, prompt: int) -> slice:
-        """The rows [N] of the `prompt`-th named prompt."""
-        ends = np.cumsum(self.token_counts)
-        return slice(int(ends[prompt] - self.token_counts[prompt]), int(ends[prompt]))
+
+def prompt_rows(token_counts: np.ndarray, prompt: int) -> slice:
+    """The rows [N] of the `prompt`-th prompt among labels of token_counts[p] rows each, in order."""
+    ends = np.cumsum(token_counts)
+    return slice(int(ends[prompt] - token_counts[prompt]), int(ends[prompt]))
 
 
 def decode_reply(content: RecordDict) -> SoftLabels:

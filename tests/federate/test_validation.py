@@ -10,7 +10,13 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from reasondistill.core.traces import NEG_INF_CODE, encode_logprobs
-from reasondistill.federate.soft_labels import MalformedReply, SoftLabels, decode_reply, prompt_set_digest
+from reasondistill.federate.soft_labels import (
+    MalformedReply,
+    SoftLabels,
+    decode_reply,
+    prompt_rows,
+    prompt_set_digest,
+)
 from reasondistill.federate.validation import RejectedReply, RoundRequest, check_reply
 
 PROMPTS, COUNTS, K, VOCAB = ("L1-3+4", "L2-9-2*3"), (3, 5), 4, 64
@@ -44,7 +50,7 @@ def test_a_valid_reply_survives_the_message_layout_and_passes():
     for field in dataclasses.fields(SoftLabels):
         np.testing.assert_array_equal(getattr(decoded, field.name), getattr(labels, field.name))
     check_reply(decoded, REQUEST)
-    assert decoded.rows(1) == slice(3, 8)
+    assert prompt_rows(decoded.token_counts, 1) == slice(3, 8)
 
 
 def altered(**changes) -> SoftLabels:
